@@ -1,0 +1,52 @@
+"""Checkpoints: written atomically, read back with weights_only=True, checked against what they are loaded into."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from imgcls.errors import ImgclsError
+
+FORMAT = "imgcls-checkpoint-v1"
+
+
+def atomic_save(obj, path: str | os.PathLike) -> None:
+    """torch.save to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve(path: str | os.PathLike, which: str = "best") -> Path:
+    """A run folder means its best.pt (or last.pt); a file means itself."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for name in (f"{which}.pt", "last.pt", "best.pt"):
+            if (path / name).is_file():
+                return path / name
+        raise ImgclsError(f"{path} holds no checkpoint (best.pt or last.pt): pass a run folder made by `imgcls train` or a .pt file")
+    if not path.exists():
+        raise ImgclsError(f"checkpoint {path} does not exist: pass a run folder (runs/NAME) or a .pt file")
+    return path
+
+
+def load(path: str | os.PathLike, which: str = "best") -> dict:
+    path = resolve(path, which)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - corrupt, truncated or foreign files all get the same advice
+        raise ImgclsError(f"cannot read checkpoint {path} ({type(e).__name__}): it is damaged or not an imgcls checkpoint") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ImgclsError(f"{path} is not an imgcls checkpoint: pass a run folder or a best.pt/last.pt written by `imgcls train`")
+    ckpt["path"] = str(path)
+    return ckpt

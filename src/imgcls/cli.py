@@ -1,0 +1,206 @@
+"""The `imgcls` command line: train, evaluate, datasets, models."""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from imgcls import __version__
+from imgcls.errors import ImgclsError
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model (default: cnn on the embedded MNIST sample, offline)",
+        description="Train a model and write a run folder with config, metrics, best/last checkpoints and a summary. "
+        "Unset options get defaults that suit the dataset.",
+    )
+    # Every default is None so that the config layer (and --resume) can tell what the user set.
+    p.add_argument("--data", help="dataset name (see `imgcls datasets`) or an image folder path [mnist-sample]")
+    p.add_argument("--data-dir", help="where named datasets live [$IMGCLS_DATA or a per-user cache folder]")
+    p.add_argument("--model", help="model name (see `imgcls models`) [cnn]")
+    p.add_argument("--epochs", type=int, help="epochs to train [per dataset: mnist-sample 6, mnist 5, cifar 20]")
+    p.add_argument("--batch-size", type=int, help="images per step [128]")
+    p.add_argument("--lr", type=float, help="(peak) learning rate [sgd 0.05, adam/adamw 0.004]")
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="sgd is SGD with Nesterov momentum 0.9 [adamw]")
+    p.add_argument("--weight-decay", type=float, help="[sgd 5e-4, adam 0, adamw 0.01]")
+    p.add_argument("--schedule", choices=["cosine", "onecycle", "step", "none"], help="learning-rate schedule [onecycle]")
+    p.add_argument("--label-smoothing", type=float, help="[0]")
+    p.add_argument("--patience", type=int, help="stop after this many epochs without a better val accuracy; 0 = off [0]")
+    p.add_argument("--seed", type=int, help="seed for init, splits, order and augmentation [0]")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="[auto]")
+    p.add_argument("--val-fraction", type=float, help="part of train held out for validation when there is no val split [0.1]")
+    p.add_argument("--image-size", type=int, help="resize folder images to this square size [native size if all agree, else 128]")
+    p.add_argument("--dropout", type=float, help="dropout probability (mlp)")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="random augmentation of training batches [on]")
+    p.add_argument("--crop-padding", type=int, help="random shifts of up to this many pixels [digits 2, others 1/8 of the side]")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, help="random horizontal flips [on, off for digits and greyscale]")
+    p.add_argument("--rotate", type=float, help="random rotation range in degrees [digits 5, others 0]")
+    p.add_argument("--out", help="run folder [runs/<dataset>-<model>-<n>]")
+    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (its folder or last.pt) with its saved settings")
+    p.set_defaults(func=cmd_train)
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="test a trained model: loss, accuracy, per-class accuracy, confusion matrix")
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder (uses best.pt) or a .pt file")
+    p.add_argument("--data", help="dataset name or folder [the one the model was trained on]")
+    p.add_argument("--data-dir", help="where named datasets live")
+    p.add_argument("--split", choices=["test", "val", "train"], default="test", help="[test]")
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.add_argument("--out", help="folder for confusion_matrix.csv and evaluation.json [the run folder]")
+    p.set_defaults(func=cmd_evaluate)
+
+
+def _add_datasets(sub) -> None:
+    p = sub.add_parser("datasets", help="list the named datasets")
+    p.set_defaults(func=cmd_datasets)
+
+
+def _add_models(sub) -> None:
+    p = sub.add_parser("models", help="list the models with parameter counts, or --summary one of them")
+    p.add_argument("--summary", metavar="NAME", help="print layers, output shapes and parameters of this model")
+    p.add_argument("--input", default="3,32,32", help="input shape C,H,W for --summary [3,32,32]")
+    p.add_argument("--classes", type=int, default=10, help="number of classes for --summary [10]")
+    p.set_defaults(func=cmd_models)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imgcls", description="Fast, batteries-included image classification on PyTorch.")
+    parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_train, _add_evaluate, _add_datasets, _add_models):
+        add(sub)
+    return parser
+
+
+TRAIN_KEYS = [
+    "data", "data_dir", "model", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "label_smoothing",
+    "patience", "seed", "device", "val_fraction", "image_size", "dropout", "augment", "crop_padding", "flip", "rotate",
+]  # fmt: skip
+
+
+def cmd_train(args) -> int:
+    from imgcls.config import TrainConfig
+    from imgcls.engine import Interrupted, resume, train
+
+    given = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k) is not None}
+    try:
+        if args.resume:
+            if given or args.out:
+                flags = ", ".join("--" + k.replace("_", "-") for k in [*given, *(["out"] if args.out else [])])
+                raise ImgclsError(f"--resume continues with the run's saved settings: drop {flags}")
+            run_dir, summary = resume(args.resume)
+        else:
+            run_dir, summary = train(TrainConfig(**given), out=args.out)
+    except Interrupted as stop:
+        print(f"\ninterrupted: progress saved in {stop.run_dir / 'last.pt'}\nresume with: imgcls train --resume {stop.run_dir}", file=sys.stderr)
+        return 130
+    print(
+        f"test accuracy {summary['test_accuracy']:.2%} (loss {summary['test_loss']:.4f}) with the best epoch "
+        f"{summary['best_epoch']} (val {summary['best_val_accuracy']:.2%}); {summary['epochs_run']} epochs in {summary['train_seconds']:.1f}s\n"
+        f"saved to {run_dir}"
+    )
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import torch
+
+    from imgcls import checkpoint
+    from imgcls.data import load_dataset
+    from imgcls.device import pick_device
+    from imgcls.evaluation import evaluate, format_confusion, format_per_class, write_confusion_csv
+    from imgcls.inference import load_model
+    from imgcls.runs import read_json, write_json
+
+    ckpt = checkpoint.load(args.checkpoint)
+    device = pick_device(args.device)
+    model = load_model(ckpt, device)
+    cfg = ckpt["config"]
+    spec = args.data or cfg["data"]
+    same_data = args.data is None or args.data == cfg["data"]
+    split_file = Path(ckpt["path"]).parent / "split.json"
+    split_files = read_json(split_file) if same_data and split_file.exists() else None
+    # A folder other than the training one is decoded to the model's input shape.
+    channels, size = (None, cfg.get("image_size")) if same_data else (ckpt["in_shape"][0], ckpt["in_shape"][1])
+    data = load_dataset(
+        spec, data_dir=args.data_dir or cfg.get("data_dir"), seed=cfg["seed"], val_fraction=cfg["val_fraction"],
+        channels=channels, image_size=size, split_files=split_files,
+    )  # fmt: skip
+    if list(data.classes) != ckpt["classes"]:
+        raise ImgclsError(
+            f"the model knows {len(ckpt['classes'])} classes ({', '.join(ckpt['classes'][:5])}...), {spec} has {data.num_classes} "
+            f"({', '.join(data.classes[:5])}...): evaluate on data with the classes the model was trained on"
+        )
+    if list(data.shape) != ckpt["in_shape"]:
+        raise ImgclsError(f"the model takes {'x'.join(map(str, ckpt['in_shape']))} images, {spec} has {'x'.join(map(str, data.shape))}: use data of the model's size")
+    split = getattr(data, args.split)
+    mean = torch.tensor(ckpt["mean"], device=device).view(-1, 1, 1)
+    std = torch.tensor(ckpt["std"], device=device).view(-1, 1, 1)
+    result = evaluate(model, split, mean, std, data.num_classes, batch_size=args.batch_size)
+    per_class = result.per_class_accuracy(data.classes)
+    print(f"{spec} {args.split}: {len(split):,} images, loss {result.loss:.4f}, accuracy {result.accuracy:.2%}\n")
+    print(format_per_class(per_class, result.confusion) + "\n")
+    print(format_confusion(result.confusion, data.classes))
+    out = Path(args.out) if args.out else Path(ckpt["path"]).parent
+    out.mkdir(parents=True, exist_ok=True)
+    write_confusion_csv(result.confusion, data.classes, out / f"confusion_matrix_{args.split}.csv")
+    write_json(out / f"evaluation_{args.split}.json", {
+        "checkpoint": ckpt["path"], "data": spec, "split": args.split, "images": len(split),
+        "loss": result.loss, "accuracy": result.accuracy, "per_class_accuracy": per_class,
+    })  # fmt: skip
+    print(f"\nsaved {out / f'confusion_matrix_{args.split}.csv'} and {out / f'evaluation_{args.split}.json'}")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from imgcls.data import DATASETS
+
+    width = max(len(n) for n in DATASETS)
+    for name, info in DATASETS.items():
+        print(f"{name:<{width}}  {info.description}")
+    print(f"{'PATH':<{width}}  any folder of class subfolders (optionally split into train/ val/ test/)")
+    return 0
+
+
+def cmd_models(args) -> int:
+    from imgcls.models import MODELS, create_model, num_params
+    from imgcls.models.summary import summarize
+
+    if args.summary:
+        try:
+            shape = tuple(int(v) for v in args.input.split(","))
+            assert len(shape) == 3
+        except (ValueError, AssertionError):
+            raise ImgclsError(f"--input must be C,H,W such as 3,32,32, got '{args.input}'") from None
+        print(summarize(create_model(args.summary, shape, args.classes), shape))
+        return 0
+    width = max(len(n) for n in MODELS)
+    print(f"{'model':<{width}}  {'1x28x28':>11}  {'3x32x32':>11}  description")
+    for name, info in MODELS.items():
+        counts = [f"{num_params(create_model(name, s, 10)):>11,}" for s in ((1, 28, 28), (3, 32, 32))]
+        print(f"{name:<{width}}  {counts[0]}  {counts[1]}  {info.description}")
+    print("(parameters for 10 classes)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except ImgclsError as e:
+        print(f"imgcls: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\nimgcls: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # output piped into `head` and the like
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0

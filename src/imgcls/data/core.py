@@ -1,0 +1,86 @@
+"""In-memory datasets: every split is a uint8 N x C x H x W tensor plus int64 labels."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from imgcls.errors import ImgclsError
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # uint8, N x C x H x W
+    labels: torch.Tensor  # int64, N
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> "Split":
+        return Split(self.images[index], self.labels[index])
+
+
+@dataclass
+class Dataset:
+    name: str
+    classes: list[str]
+    train: Split
+    val: Split
+    test: Split
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    flips_ok: bool = True  # False for digits: a mirrored 2 is not a 2
+    skipped: list[str] = field(default_factory=list)  # unreadable files, "path: reason"
+    split_files: dict[str, list[str]] | None = None  # folder datasets: which file went where
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.images.shape[1:])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def stratified_split(labels: torch.Tensor, fractions: Sequence[float], seed: int) -> list[torch.Tensor]:
+    """Split indices into len(fractions) parts, class by class, reproducibly for a seed.
+
+    Each class is cut by cumulative rounding, so every part gets its share of every class
+    that has enough samples and no sample is lost or duplicated.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    bounds = torch.tensor([0.0, *fractions]).cumsum(0)
+    bounds = bounds / bounds[-1]
+    parts: list[list[torch.Tensor]] = [[] for _ in fractions]
+    for cls in labels.unique(sorted=True):
+        idx = torch.nonzero(labels == cls).flatten()
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+        cuts = (bounds * len(idx)).round().long().tolist()
+        for part, lo, hi in zip(parts, cuts[:-1], cuts[1:]):
+            part.append(idx[lo:hi])
+    return [torch.cat(p).sort().values if p else torch.empty(0, dtype=torch.long) for p in parts]
+
+
+def hold_out(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
+    """Carve a stratified validation split out of train."""
+    keep, val = stratified_split(train.labels, [1 - fraction, fraction], seed)
+    if len(val) == 0 or len(keep) == 0:
+        raise ImgclsError(
+            f"cannot hold out {fraction:.0%} of {len(train)} training images for validation: add images or provide a val/ folder"
+        )
+    return train.subset(keep), train.subset(val)
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std of uint8 images, in [0, 1] units, without a float copy of the whole set."""
+    c = images.shape[1]
+    total = torch.zeros(c, dtype=torch.float64)
+    total_sq = torch.zeros(c, dtype=torch.float64)
+    for start in range(0, len(images), chunk):
+        x = images[start : start + chunk].to(torch.float64).div_(255)
+        total += x.sum(dim=(0, 2, 3))
+        total_sq += x.pow(2).sum(dim=(0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean**2).clamp_min(1e-12).sqrt()
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(max(v, 1e-3), 4) for v in std.tolist())

@@ -1,0 +1,207 @@
+"""Image folders: class subfolders, optional train/val/test splits, decoded once and cached on disk."""
+
+import hashlib
+import json
+import os
+import sys
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from imgcls.checkpoint import atomic_save
+from imgcls.data.core import Dataset, Split, channel_stats, stratified_split
+from imgcls.data.images import DECODE_ERRORS, is_grey, peek, read_image
+from imgcls.errors import ImgclsError
+from imgcls.paths import cache_dir
+
+SPLITS = ("train", "val", "test")
+FLAT_FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
+TEST_FRACTION = 0.2  # held out of train/ when a split folder has no test/
+DEFAULT_MIXED_SIZE = 128
+CACHE_VERSION = 1
+
+
+def _visible(path: Path) -> bool:
+    return not path.name.startswith(".")
+
+
+def _hidden_part(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def _class_dirs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_dir() and _visible(p))
+
+
+def _files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() and not _hidden_part(p.relative_to(folder)))
+
+
+def scan(root: Path) -> tuple[list[str], list[tuple[str, int, str | None]]]:
+    """Classes and (relative path, class index, split folder or None) for every file under root."""
+    if not root.exists():
+        raise ImgclsError(f"data folder {root} does not exist: check the path, or use a named dataset (see `imgcls datasets`)")
+    if not root.is_dir():
+        raise ImgclsError(f"{root} is a file, not a folder: pass a folder of class subfolders (ROOT/cat/1.jpg, ROOT/dog/2.jpg)")
+    present = [s for s in SPLITS if (root / s).is_dir()]
+    if present and "train" not in present:
+        raise ImgclsError(f"{root} has {'/, '.join(present)}/ but no train/ folder: add train/<class>/ images")
+    tops = {s: root / s for s in present} if present else {None: root}
+    classes = _class_dirs(tops.get("train", root))
+    if not classes:
+        loose = [p for p in root.iterdir() if p.is_file() and _visible(p)]
+        hint = "it has image files but no class folders" if loose else "it is empty"
+        raise ImgclsError(f"{tops.get('train', root)} has no class folders ({hint}): put each class in its own subfolder, e.g. {root}/cat/1.jpg")
+    if len(classes) < 2:
+        raise ImgclsError(f"{tops.get('train', root)} has only one class ({classes[0]}): a classifier needs at least two class folders")
+    entries = []
+    for split, top in tops.items():
+        unknown = sorted(set(_class_dirs(top)) - set(classes))
+        if unknown:
+            raise ImgclsError(f"{top} has classes that train/ lacks ({', '.join(unknown)}): every class needs training images")
+        for index, name in enumerate(classes):
+            for path in _files(top / name) if (top / name).is_dir() else []:
+                entries.append((path.relative_to(root).as_posix(), index, split))
+    if not entries:
+        raise ImgclsError(f"{root} has class folders but no files in them: add images to each class folder")
+    return classes, entries
+
+
+def _cache_key(root: Path, entries, channels, image_size) -> str:
+    h = hashlib.sha256(json.dumps([CACHE_VERSION, str(root.resolve()), channels, image_size]).encode())
+    for rel, _, _ in entries:
+        st = (root / rel).stat()
+        h.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def _progress(items, total: int, desc: str):
+    return tqdm(items, total=total, desc=desc, unit="img", file=sys.stderr, disable=None if total > 2000 else True, leave=False)
+
+
+def decode(root: Path, rels: list[str], channels: int | None, image_size: int | None) -> dict:
+    """Decode files into one uint8 tensor; unreadable ones are listed in 'skipped' instead."""
+    workers = min(8, os.cpu_count() or 1)
+    skipped, headers = [], {}
+    with ThreadPoolExecutor(workers) as pool:
+
+        def try_peek(rel):
+            try:
+                return rel, peek(root / rel)
+            except DECODE_ERRORS as e:
+                return rel, e
+
+        for rel, result in _progress(pool.map(try_peek, rels), len(rels), "scanning"):
+            if isinstance(result, Exception):
+                skipped.append(f"{rel}: {type(result).__name__}: {result}")
+            else:
+                headers[rel] = result
+        if not headers:
+            raise ImgclsError(f"no readable images in {root} ({len(skipped)} files could not be opened, e.g. {skipped[0]})")
+        if channels is None:
+            channels = 1 if all(is_grey(mode) for mode, _ in headers.values()) else 3
+        sizes = Counter(size for _, size in headers.values())
+        if image_size is not None:
+            size = (image_size, image_size)
+        elif len(sizes) == 1:
+            size = next(iter(sizes))
+        else:
+            size = (DEFAULT_MIXED_SIZE, DEFAULT_MIXED_SIZE)
+            print(f"images in {root} have {len(sizes)} different sizes: resizing to {size[0]}x{size[1]} (set --image-size)", file=sys.stderr)
+        good = list(headers)
+        images = torch.empty((len(good), channels, *size), dtype=torch.uint8)
+        pixels = images.numpy()  # a view: workers write decoded images straight into the tensor
+
+        def try_read(item):
+            i, rel = item
+            try:
+                pixels[i] = read_image(root / rel, channels, size)
+                return None
+            except DECODE_ERRORS as e:
+                return f"{rel}: {type(e).__name__}: {e}"
+
+        failures = list(_progress(pool.map(try_read, enumerate(good)), len(good), "decoding"))
+    ok = [i for i, f in enumerate(failures) if f is None]
+    skipped += [f for f in failures if f is not None]
+    if not ok:
+        raise ImgclsError(f"no readable images in {root} ({len(skipped)} files could not be decoded, e.g. {skipped[0]})")
+    return {"images": images[ok] if len(ok) < len(good) else images, "files": [good[i] for i in ok], "skipped": skipped}
+
+
+def decode_cached(root: Path, rels: list[str], key: str, channels: int | None, image_size: int | None) -> dict:
+    path = cache_dir() / f"{key}.pt"
+    if path.exists():
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception:  # noqa: BLE001 - a broken cache is rebuilt, never fatal
+            path.unlink(missing_ok=True)
+    decoded = decode(root, rels, channels, image_size)
+    try:
+        atomic_save(decoded, path)
+    except OSError as e:
+        print(f"could not cache decoded images in {path.parent} ({e}); set IMGCLS_CACHE to a writable folder", file=sys.stderr)
+    return decoded
+
+
+def _assign(labels: torch.Tensor, splits: list[str | None], seed: int, val_fraction: float) -> dict[str, torch.Tensor]:
+    """Indices of each split: from the split folders, with missing splits held out of train, stratified and seeded."""
+    by_folder = {s: torch.tensor([i for i, x in enumerate(splits) if x == s], dtype=torch.long) for s in SPLITS}
+    if all(s is None for s in splits):
+        fractions = dict(FLAT_FRACTIONS)
+        pool = torch.arange(len(labels))
+    else:
+        fractions = {"val": val_fraction if len(by_folder["val"]) == 0 else 0, "test": TEST_FRACTION if len(by_folder["test"]) == 0 else 0}
+        fractions["train"] = 1 - fractions["val"] - fractions["test"]
+        pool = by_folder["train"]
+    names = [s for s in SPLITS if fractions[s] > 0]
+    parts = stratified_split(labels[pool], [fractions[s] for s in names], seed)
+    out = {s: by_folder[s] for s in SPLITS}
+    out.update({s: pool[p] for s, p in zip(names, parts)})
+    return out
+
+
+def load_folder(
+    root: Path,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    channels: int | None = None,
+    image_size: int | None = None,
+    split_files: dict[str, list[str]] | None = None,
+) -> Dataset:
+    root = root.expanduser()
+    classes, entries = scan(root)
+    key = _cache_key(root, entries, channels, image_size)
+    decoded = decode_cached(root, [rel for rel, _, _ in entries], key, channels, image_size)
+    meta = {rel: (label, split) for rel, label, split in entries}
+    files = decoded["files"]
+    labels = torch.tensor([meta[rel][0] for rel in files], dtype=torch.long)
+    if split_files is None:
+        index = _assign(labels, [meta[rel][1] for rel in files], seed, val_fraction)
+    else:
+        position = {rel: i for i, rel in enumerate(files)}
+        missing = [rel for part in split_files.values() for rel in part if rel not in position]
+        if missing:
+            raise ImgclsError(f"the run's split.json lists {len(missing)} files no longer readable in {root} (e.g. {missing[0]}): restore them or start a new run")
+        index = {s: torch.tensor([position[rel] for rel in split_files.get(s, [])], dtype=torch.long) for s in SPLITS}
+    for s in ("train", "val"):
+        if len(index[s]) == 0:
+            raise ImgclsError(f"{root} leaves no images for the {s} split: add more images per class")
+    images = decoded["images"]
+    parts = {s: Split(images[index[s]], labels[index[s]]) for s in SPLITS}
+    mean, std = channel_stats(parts["train"].images)
+    return Dataset(
+        name=root.resolve().name,
+        classes=classes,
+        train=parts["train"],
+        val=parts["val"],
+        test=parts["test"],
+        mean=mean,
+        std=std,
+        flips_ok=images.shape[1] == 3,
+        skipped=decoded["skipped"],
+        split_files={s: [files[i] for i in index[s].tolist()] for s in SPLITS},
+    )

@@ -1,0 +1,398 @@
+"""The training engine: one Trainer that fits a registry model on an in-memory dataset.
+
+The hot loop (`Trainer.train_epoch`) is index -> augment on device -> forward -> backward -> step,
+with statistics kept on the device and read back only every few steps.
+"""
+
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from imgcls import checkpoint
+from imgcls.config import TrainConfig
+from imgcls.data.augment import prepare
+from imgcls.data.core import Dataset, Split
+from imgcls.device import amp_dtype, autocast, pick_device, use_channels_last
+from imgcls.errors import ImgclsError
+from imgcls.evaluation import EvalResult, evaluate, write_confusion_csv
+from imgcls.models import create_model, get_model_info, num_params
+from imgcls.runs import write_json, write_metrics
+
+SYNC_EVERY = 10  # steps between reading statistics back from the device (and checking for NaN)
+DEVICE_DATA_LIMIT = 4 * 2**30  # datasets up to this size live on the GPU for the whole run
+
+
+class Interrupted(Exception):
+    """Training stopped on request (Ctrl-C); last.pt holds the exact position to resume from."""
+
+    def __init__(self, run_dir: Path):
+        super().__init__(str(run_dir))
+        self.run_dir = run_dir
+
+
+@dataclass
+class Progress:
+    """Everything about where training stands, saved in last.pt so a resumed run continues exactly."""
+
+    epoch: int = 0  # completed epochs
+    step: int = 0  # completed steps of the current epoch
+    totals: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss sum, correct, seen (current epoch)
+    seconds: float = 0.0  # training seconds of the current epoch so far
+    train_seconds: float = 0.0  # training seconds of completed epochs
+    images_seen: int = 0  # training images of completed epochs
+    history: list[dict] = field(default_factory=list)
+    best_val_accuracy: float = -1.0
+    best_epoch: int = 0
+    stale_epochs: int = 0
+    finished: bool = False
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    # No weight decay on biases and norm weights: decaying them only hurts.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def make_schedule(cfg: TrainConfig, optimizer, steps_per_epoch: int):
+    """The LR scheduler and whether it steps per batch (True) or per epoch (False)."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "onecycle" and total >= 4:  # fewer steps leave OneCycle's warm-up phase empty
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=max(0.25, 2 / total)), True
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total), True
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.epochs // 3), gamma=0.1), False
+    return None, False
+
+
+def batches_per_epoch(n: int, batch_size: int) -> int:
+    """Batches in an epoch; a last batch of one image is dropped because batch norm cannot train on it."""
+    count = math.ceil(n / batch_size)
+    return count - 1 if count > 1 and n % batch_size == 1 else count
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, data: Dataset, run_dir: Path, on_step: Callable[["Trainer"], None] | None = None):
+        self.cfg, self.data, self.run_dir, self.on_step = cfg, data, Path(run_dir), on_step
+        self.device = pick_device(cfg.device)
+        self.amp = amp_dtype(self.device)
+        self.channels_last = use_channels_last(self.device, get_model_info(cfg.model).convolutional)
+        torch.manual_seed(cfg.seed)
+        self.model = create_model(cfg.model, data.shape, data.num_classes, **cfg.model_options()).to(self.device)
+        if self.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = make_optimizer(cfg, self.model)
+        self.steps_per_epoch = batches_per_epoch(len(data.train), cfg.batch_size)
+        self.scheduler, self.schedule_per_step = make_schedule(cfg, self.optimizer, self.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
+        self.augment = cfg.augmentation()
+        self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
+        self.mean = torch.tensor(data.mean, device=self.device).view(-1, 1, 1)
+        self.std = torch.tensor(data.std, device=self.device).view(-1, 1, 1)
+        on_device = self.device.type == "cuda" and data.train.images.nbytes < DEVICE_DATA_LIMIT
+        self.home = self.device if on_device else torch.device("cpu")
+        self.train_images = data.train.images.to(self.home)
+        self.train_labels = data.train.labels.to(self.home)
+        self.progress = Progress()
+        self.stop_requested = False
+
+    # --- checkpoints -------------------------------------------------------------------------------
+
+    def _payload(self, state_dict: dict) -> dict:
+        return {
+            "format": checkpoint.FORMAT,
+            "model": self.cfg.model,
+            "model_options": self.cfg.model_options(),
+            "in_shape": list(self.data.shape),
+            "classes": list(self.data.classes),
+            "mean": list(self.data.mean),
+            "std": list(self.data.std),
+            "config": self.cfg.to_dict(),
+            "epoch": self.progress.epoch,
+            "state_dict": state_dict,
+        }
+
+    def _weights(self) -> dict:
+        return {k: v.detach().to("cpu", memory_format=torch.contiguous_format) for k, v in self.model.state_dict().items()}
+
+    def save_last(self) -> None:
+        payload = self._payload(self._weights())
+        payload.update(
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict() if self.scheduler else None,
+            scaler=self.scaler.state_dict(),
+            rng={"torch": torch.get_rng_state(), "augment": self.generator.get_state().cpu()},
+            progress=asdict(self.progress),
+        )
+        if self.device.type == "cuda":
+            payload["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
+        checkpoint.atomic_save(payload, self.run_dir / "last.pt")
+
+    def load_last(self, ckpt: dict) -> None:
+        """Continue from a last.pt written by save_last."""
+        try:
+            self.model.load_state_dict(ckpt["state_dict"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise ImgclsError(f"{ckpt['path']} does not fit model '{self.cfg.model}' on this data ({str(e).splitlines()[0]}): start a new run") from None
+        if self.scheduler and ckpt.get("scheduler"):
+            self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        self.generator.set_state(ckpt["rng"]["augment"].to(self.generator.device))
+        if "cuda" in ckpt["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
+        self.progress = Progress(**ckpt["progress"])
+
+    # --- training ----------------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Stop at the end of the current step, saving last.pt (what Ctrl-C does)."""
+        self.stop_requested = True
+
+    def _eval(self, split: Split) -> EvalResult:
+        return evaluate(
+            self.model, split, self.mean, self.std, self.data.num_classes, amp=self.amp, channels_last=self.channels_last
+        )
+
+    def train_epoch(self) -> None:
+        cfg, p = self.cfg, self.progress
+        self.model.train()
+        # The order of an epoch depends only on (seed, epoch), so a resumed epoch replays it exactly.
+        order = torch.randperm(len(self.train_labels), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + p.epoch))
+        batches = order.to(self.home).split(cfg.batch_size)[: self.steps_per_epoch]
+        totals = torch.tensor(p.totals, dtype=torch.float64, device=self.device)
+        bar = tqdm(total=self.steps_per_epoch, initial=p.step, desc=f"epoch {p.epoch + 1}/{cfg.epochs}", unit="batch",
+                   leave=False, disable=None, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
+        start = time.perf_counter() - p.seconds
+        for step in range(p.step, self.steps_per_epoch):
+            idx = batches[step]
+            x = self.train_images[idx].to(self.device, non_blocking=True)
+            y = self.train_labels[idx].to(self.device, non_blocking=True)
+            x = prepare(x, self.mean, self.std, self.augment, self.generator)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(self.device, self.amp):
+                logits = self.model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            if self.schedule_per_step:
+                self.scheduler.step()
+            totals[0] += loss.detach() * len(y)
+            totals[1] += (logits.argmax(1) == y).sum()
+            totals[2] += len(y)
+            p.step = step + 1
+            if p.step % SYNC_EVERY == 0 or p.step == self.steps_per_epoch or self.stop_requested:
+                p.totals = totals.tolist()
+                if not math.isfinite(p.totals[0]):
+                    bar.close()
+                    self._non_finite()
+                p.seconds = time.perf_counter() - start
+                bar.set_postfix(loss=f"{p.totals[0] / p.totals[2]:.4f}", acc=f"{p.totals[1] / p.totals[2]:.2%}",
+                                img_s=f"{p.totals[2] / max(p.seconds, 1e-9):,.0f}")  # fmt: skip
+                bar.update(p.step - bar.n)
+            if self.on_step:
+                self.on_step(self)
+            if self.stop_requested:
+                bar.close()
+                p.totals, p.seconds = totals.tolist(), time.perf_counter() - start
+                self.save_last()
+                raise Interrupted(self.run_dir)
+        bar.close()
+        p.seconds = time.perf_counter() - start
+
+    def _non_finite(self):
+        last = self.run_dir / "last.pt"
+        kept = f"{last} keeps the last good state (epoch {self.progress.epoch})" if last.exists() else "no checkpoint was written yet"
+        raise ImgclsError(
+            f"loss became {self.progress.totals[0]} in epoch {self.progress.epoch + 1}, training stopped; {kept}: lower --lr (now {self.cfg.lr:g}) or check the data"
+        )
+
+    def end_epoch(self) -> dict:
+        """Validate, keep the best weights, record the epoch, and decide on early stopping."""
+        p, cfg = self.progress, self.cfg
+        if not self.schedule_per_step and self.scheduler:
+            self.scheduler.step()
+        val = self._eval(self.data.val)
+        loss_sum, correct, seen = p.totals
+        row = {
+            "epoch": p.epoch + 1,
+            "train_loss": loss_sum / seen,
+            "train_acc": correct / seen,
+            "val_loss": val.loss,
+            "val_acc": val.accuracy,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": p.seconds,
+        }
+        p.history.append(row)
+        p.train_seconds += p.seconds
+        p.images_seen += int(seen)
+        p.epoch, p.step, p.totals, p.seconds = p.epoch + 1, 0, [0.0, 0.0, 0.0], 0.0
+        improved = val.accuracy > p.best_val_accuracy
+        if improved:
+            p.best_val_accuracy, p.best_epoch, p.stale_epochs = val.accuracy, p.epoch, 0
+            checkpoint.atomic_save(self._payload(self._weights()), self.run_dir / "best.pt")
+        else:
+            p.stale_epochs += 1
+        p.finished = p.epoch >= cfg.epochs or (cfg.patience > 0 and p.stale_epochs >= cfg.patience)
+        self.save_last()
+        write_metrics(self.run_dir / "metrics.csv", p.history)
+        return {**row, "best": improved, "images_per_second": seen / max(row["seconds"], 1e-9)}
+
+    def fit(self) -> dict:
+        """Train to the end (or early stop), then test the best checkpoint once. Returns the summary."""
+        with _ctrl_c_requests_stop(self):
+            while not self.progress.finished:
+                self.train_epoch()
+                row = self.end_epoch()
+                print(format_epoch(row, self.cfg.epochs), flush=True)
+                if self.stop_requested:
+                    raise Interrupted(self.run_dir)
+        if self.cfg.patience and self.progress.epoch < self.cfg.epochs:
+            print(f"early stop: no better val accuracy for {self.cfg.patience} epochs", flush=True)
+        return self.finish()
+
+    def finish(self) -> dict:
+        p = self.progress
+        best = checkpoint.load(self.run_dir / "best.pt")
+        self.model.load_state_dict(best["state_dict"])
+        test = self._eval(self.data.test)
+        write_confusion_csv(test.confusion, self.data.classes, self.run_dir / "confusion_matrix.csv")
+        summary = {
+            "dataset": self.data.name,
+            "model": self.cfg.model,
+            "classes": self.data.classes,
+            "test_accuracy": test.accuracy,
+            "test_loss": test.loss,
+            "test_images": len(self.data.test),
+            "best_val_accuracy": p.best_val_accuracy,
+            "best_epoch": p.best_epoch,
+            "epochs_run": p.epoch,
+            "stopped_early": p.epoch < self.cfg.epochs,
+            "train_seconds": round(p.train_seconds, 3),
+            "images_per_second": round(p.images_seen / max(p.train_seconds, 1e-9), 1),
+            "num_params": num_params(self.model),
+            "device": str(self.device),
+            "per_class_accuracy": test.per_class_accuracy(self.data.classes),
+            "skipped_files": len(self.data.skipped),
+        }
+        write_json(self.run_dir / "summary.json", summary)
+        return summary
+
+
+def format_epoch(row: dict, epochs: int) -> str:
+    return (
+        f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  "
+        f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}  "
+        f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}  "
+        f"lr {row['lr']:.2e}  {row['seconds']:.1f}s  {row['images_per_second']:,.0f} img/s" + ("  *best*" if row["best"] else "")
+    )
+
+
+class _ctrl_c_requests_stop:
+    """While training, the first Ctrl-C asks for a clean stop at the end of the step; a second one aborts."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer = trainer
+        self.active = threading.current_thread() is threading.main_thread()
+
+    def __enter__(self):
+        if self.active:
+            self.previous = signal.getsignal(signal.SIGINT)
+            signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.trainer.request_stop()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __exit__(self, *exc):
+        if self.active:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+def _describe(cfg: TrainConfig, data: Dataset, trainer: Trainer) -> str:
+    shape = "x".join(map(str, data.shape))
+    aug = cfg.augmentation()
+    augs = ", ".join(
+        part for part, on in ((f"crop±{aug.crop_padding}", aug.crop_padding), ("flip", aug.flip), (f"rotate±{aug.rotate:g}°", aug.rotate)) if on
+    ) or "none"
+    return (
+        f"data {data.name}: {len(data.train):,} train / {len(data.val):,} val / {len(data.test):,} test, {shape}, {data.num_classes} classes\n"
+        f"model {cfg.model}: {num_params(trainer.model):,} params on {trainer.device}"
+        f"{' (AMP ' + str(trainer.amp).removeprefix('torch.') + ')' if trainer.amp else ''}\n"
+        f"{cfg.optimizer} lr {cfg.lr:g} wd {cfg.weight_decay:g}, {cfg.schedule} schedule, batch {cfg.batch_size}, {cfg.epochs} epochs, augment: {augs}"
+    )
+
+
+def _load_data(cfg: TrainConfig, split_files=None) -> Dataset:
+    from imgcls.data import load_dataset
+
+    return load_dataset(cfg.data, data_dir=cfg.data_dir, seed=cfg.seed, val_fraction=cfg.val_fraction, image_size=cfg.image_size, split_files=split_files)
+
+
+def _record_data(data: Dataset, run_dir: Path) -> None:
+    if data.split_files is not None:
+        write_json(run_dir / "split.json", data.split_files)
+    if data.skipped:
+        (run_dir / "skipped_files.txt").write_text("\n".join(data.skipped) + "\n")
+        print(f"skipped {len(data.skipped)} unreadable files (listed in {run_dir / 'skipped_files.txt'})", file=sys.stderr)
+
+
+def train(cfg: TrainConfig, out: str | None = None, on_step=None) -> tuple[Path, dict]:
+    """A new run: load data, fill defaults, write the run folder, train, test."""
+    from imgcls.config import check, fill_defaults
+    from imgcls.data import dataset_name
+    from imgcls.runs import new_run_dir
+
+    check(cfg)
+    pick_device(cfg.device)
+    data = _load_data(cfg)
+    cfg = fill_defaults(cfg, data)
+    run_dir = new_run_dir(dataset_name(cfg.data), cfg.model, out)
+    trainer = Trainer(cfg, data, run_dir, on_step=on_step)
+    write_json(run_dir / "config.json", cfg.to_dict())
+    _record_data(data, run_dir)
+    print(f"run {run_dir}\n{_describe(cfg, data, trainer)}", flush=True)
+    return run_dir, trainer.fit()
+
+
+def resume(run: str | Path, on_step=None) -> tuple[Path, dict]:
+    """Continue a run from its last.pt, with its saved config and data split."""
+    from imgcls.runs import read_json
+
+    ckpt = checkpoint.load(run, which="last")
+    if "progress" not in ckpt:
+        raise ImgclsError(f"{ckpt['path']} holds weights only (no training state): resume from the run folder or its last.pt")
+    run_dir = Path(ckpt["path"]).parent
+    cfg = TrainConfig.from_dict(ckpt["config"])
+    split = run_dir / "split.json"
+    data = _load_data(cfg, split_files=read_json(split) if split.exists() else None)
+    if list(data.classes) != ckpt["classes"] or list(data.shape) != ckpt["in_shape"]:
+        raise ImgclsError(f"the data of {run_dir} changed since it was trained (classes or image size differ): start a new run")
+    trainer = Trainer(cfg, data, run_dir, on_step=on_step)
+    trainer.load_last(ckpt)
+    p = trainer.progress
+    where = "finished, re-testing" if p.finished else f"resuming at epoch {p.epoch + 1}/{cfg.epochs}, step {p.step}/{trainer.steps_per_epoch}"
+    print(f"run {run_dir}: {where}\n{_describe(cfg, data, trainer)}", flush=True)
+    return run_dir, trainer.fit()

@@ -1,0 +1,89 @@
+"""Evaluating a model on an in-memory split: loss, accuracy, per-class accuracy and the confusion matrix."""
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from imgcls.data.augment import prepare
+from imgcls.data.core import Split
+from imgcls.device import autocast
+
+
+@dataclass
+class EvalResult:
+    loss: float
+    accuracy: float
+    confusion: torch.Tensor  # K x K counts, rows = true class, columns = predicted
+
+    def per_class_accuracy(self, classes: list[str]) -> dict[str, float | None]:
+        """Recall of each class; None for a class with no samples in this split."""
+        totals = self.confusion.sum(1)
+        return {c: (self.confusion[i, i].item() / totals[i].item() if totals[i] else None) for i, c in enumerate(classes)}
+
+
+@torch.inference_mode()
+def predict_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    batch_size: int = 1024,
+    amp: torch.dtype | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """Float32 logits for uint8 images, batch by batch on the model's device."""
+    device = mean.device
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        x = prepare(images[start : start + batch_size].to(device, non_blocking=True), mean, std)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            out.append(model(x).float())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return torch.bincount(labels * num_classes + predictions, minlength=num_classes**2).reshape(num_classes, num_classes)
+
+
+def evaluate(model: nn.Module, split: Split, mean, std, num_classes: int, **kwargs) -> EvalResult:
+    if len(split) == 0:
+        return EvalResult(float("nan"), float("nan"), torch.zeros(num_classes, num_classes, dtype=torch.long))
+    logits = predict_logits(model, split.images, mean, std, **kwargs)
+    labels = split.labels.to(logits.device)
+    loss = F.cross_entropy(logits, labels).item()
+    predictions = logits.argmax(1)
+    accuracy = (predictions == labels).float().mean().item()
+    return EvalResult(loss, accuracy, confusion_matrix(labels, predictions, num_classes).cpu())
+
+
+def format_per_class(per_class: dict[str, float | None], confusion: torch.Tensor) -> str:
+    width = max(8, *(len(c) for c in per_class))
+    lines = [f"{'class':<{width}}  {'accuracy':>8}  {'correct':>7}  {'total':>6}"]
+    for i, (name, acc) in enumerate(per_class.items()):
+        shown = "   n/a" if acc is None else f"{acc:8.2%}"
+        lines.append(f"{name:<{width}}  {shown:>8}  {confusion[i, i].item():>7}  {confusion[i].sum().item():>6}")
+    return "\n".join(lines)
+
+
+def format_confusion(confusion: torch.Tensor, classes: list[str], max_name: int = 10) -> str:
+    """The confusion matrix as a text table: rows are true classes, columns predicted ones."""
+    names = [c[:max_name] for c in classes]
+    cell = max(len(str(confusion.max().item())), *(len(n) for n in names), 4)
+    head = " " * (cell + 2) + " ".join(f"{n:>{cell}}" for n in names)
+    rows = [f"{names[i]:>{cell}}  " + " ".join(f"{v:>{cell}}" for v in confusion[i].tolist()) for i in range(len(names))]
+    return "true \\ predicted\n" + "\n".join([head, *rows])
+
+
+def write_confusion_csv(confusion: torch.Tensor, classes: list[str], path: str | Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted", *classes])
+        for name, row in zip(classes, confusion.tolist()):
+            writer.writerow([name, *row])

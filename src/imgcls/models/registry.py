@@ -1,0 +1,49 @@
+"""The model registry: every model is built from (input shape, class count) by name."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from imgcls.errors import ImgclsError
+
+Builder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    description: str
+    build: Builder  # build(in_shape=(C, H, W), num_classes=K, **options)
+    min_size: int = 1  # smallest H/W the architecture accepts
+    convolutional: bool = True  # channels_last only helps convolutions
+
+
+MODELS: dict[str, ModelInfo] = {}
+
+
+def register_model(name: str, description: str, min_size: int = 1, convolutional: bool = True):
+    def wrap(fn: Builder) -> Builder:
+        MODELS[name] = ModelInfo(name, description, fn, min_size, convolutional)
+        return fn
+
+    return wrap
+
+
+def get_model_info(name: str) -> ModelInfo:
+    if name not in MODELS:
+        raise ImgclsError(f"unknown model '{name}': choose one of {', '.join(MODELS)} (see `imgcls models`)")
+    return MODELS[name]
+
+
+def create_model(name: str, in_shape: tuple[int, int, int], num_classes: int, **options) -> nn.Module:
+    info = get_model_info(name)
+    if min(in_shape[1:]) < info.min_size:
+        raise ImgclsError(
+            f"model '{name}' needs images of at least {info.min_size}x{info.min_size}, got {in_shape[1]}x{in_shape[2]}: pass --image-size or pick another model"
+        )
+    return info.build(in_shape=tuple(in_shape), num_classes=num_classes, **options)
+
+
+def num_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,61 @@
+"""The built-in models: the tutorials' MLP, small CNN and LeNet-5, and a ResNet-18 for small images."""
+
+import math
+from collections import OrderedDict
+
+import torch.nn as nn
+from torchvision.models import resnet18 as tv_resnet18
+
+from imgcls.models.registry import register_model
+
+
+def _conv_out(size: int, kernel: int) -> int:
+    """Side of a valid (unpadded) convolution followed by a 2x2 max-pool."""
+    return (size - kernel + 1) // 2
+
+
+@register_model("mlp", "fully connected 512-256-128-64 with ReLU (the MNIST tutorial net)", convolutional=False)
+def mlp(in_shape, num_classes, hidden=(512, 256, 128, 64), dropout: float = 0.0) -> nn.Module:
+    layers: list[tuple[str, nn.Module]] = [("flatten", nn.Flatten())]
+    width = math.prod(in_shape)
+    for i, h in enumerate(hidden, 1):
+        layers += [(f"fc{i}", nn.Linear(width, h)), (f"relu{i}", nn.ReLU(inplace=True))]
+        if dropout > 0:
+            layers.append((f"drop{i}", nn.Dropout(dropout)))
+        width = h
+    layers.append(("head", nn.Linear(width, num_classes)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+@register_model("cnn", "conv5x5(8) > pool > conv3x3(16) > pool > fc128 > fc (76,922 params on CIFAR-10)", min_size=12)
+def cnn(in_shape, num_classes) -> nn.Module:
+    c, h, w = in_shape
+    flat = 16 * _conv_out(_conv_out(h, 5), 3) * _conv_out(_conv_out(w, 5), 3)
+    return nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(c, 8, 5)), ("relu1", nn.ReLU(inplace=True)), ("pool1", nn.MaxPool2d(2)),
+        ("conv2", nn.Conv2d(8, 16, 3)), ("relu2", nn.ReLU(inplace=True)), ("pool2", nn.MaxPool2d(2)),
+        ("flatten", nn.Flatten()), ("fc1", nn.Linear(flat, 128)), ("relu3", nn.ReLU(inplace=True)),
+        ("head", nn.Linear(128, num_classes)),
+    ]))  # fmt: skip
+
+
+@register_model("lenet5", "LeNet-5 of the PyTorch CIFAR-10 tutorial: conv6 > pool > conv16 > pool > 120 > 84", min_size=16)
+def lenet5(in_shape, num_classes) -> nn.Module:
+    c, h, w = in_shape
+    flat = 16 * _conv_out(_conv_out(h, 5), 5) * _conv_out(_conv_out(w, 5), 5)
+    return nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(c, 6, 5)), ("relu1", nn.ReLU(inplace=True)), ("pool1", nn.MaxPool2d(2)),
+        ("conv2", nn.Conv2d(6, 16, 5)), ("relu2", nn.ReLU(inplace=True)), ("pool2", nn.MaxPool2d(2)),
+        ("flatten", nn.Flatten()), ("fc1", nn.Linear(flat, 120)), ("relu3", nn.ReLU(inplace=True)),
+        ("fc2", nn.Linear(120, 84)), ("relu4", nn.ReLU(inplace=True)), ("head", nn.Linear(84, num_classes)),
+    ]))  # fmt: skip
+
+
+@register_model("resnet18", "ResNet-18 for small images: 3x3 stem, no initial max-pool, batch norm (11.2M params)")
+def resnet18(in_shape, num_classes) -> nn.Module:
+    # torchvision's ResNet-18 with the CIFAR-style stem: a 7x7/2 conv and a max-pool would
+    # shrink a 32x32 image to 8x8 before the first block.
+    model = tv_resnet18(weights=None, num_classes=num_classes)
+    model.conv1 = nn.Conv2d(in_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model

@@ -1,0 +1,58 @@
+"""Run folders: runs/<dataset>-<model>-<n> with config, metrics, checkpoints and summary."""
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from imgcls.errors import ImgclsError
+
+METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
+
+
+def new_run_dir(dataset: str, model: str, out: str | None, root: str = "runs") -> Path:
+    """The --out folder (which must not hold a run already), else the next free runs/<dataset>-<model>-<n>."""
+    if out:
+        path = Path(out).expanduser()
+        if (path / "last.pt").exists() or (path / "best.pt").exists():
+            raise ImgclsError(f"{path} already holds a run: resume it with `imgcls train --resume {path}` or choose another --out")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    base = Path(root)
+    base.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        path = base / f"{dataset}-{model}-{n}"
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            n += 1
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomic text write, so a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "w", newline="") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data) -> None:
+    write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def read_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+def write_metrics(path: Path, history: list[dict]) -> None:
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in history:
+        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+    write_text(path, buf.getvalue())

@@ -1,0 +1,61 @@
+import pytest
+import torch
+import torch.nn as nn
+
+from imgcls.errors import ImgclsError
+from imgcls.models import MODELS, create_model, num_params
+from imgcls.models.summary import summarize
+
+
+def test_cnn_has_the_seed_parameter_count():
+    assert num_params(create_model("cnn", (3, 32, 32), 10)) == 76_922
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("shape,classes", [((1, 28, 28), 10), ((3, 32, 32), 2), ((3, 40, 24), 7)])
+def test_every_model_maps_images_to_logits(name, shape, classes):
+    model = create_model(name, shape, classes).eval()
+    out = model(torch.randn(3, *shape))
+    assert out.shape == (3, classes)
+    assert out.dtype == torch.float32
+
+
+def test_mlp_layer_widths_follow_the_tutorial():
+    model = create_model("mlp", (1, 28, 28), 10)
+    widths = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
+    assert widths == [(784, 512), (512, 256), (256, 128), (128, 64), (64, 10)]
+    assert not any(isinstance(m, nn.Dropout) for m in model.modules())
+    assert sum(isinstance(m, nn.Dropout) for m in create_model("mlp", (1, 28, 28), 10, dropout=0.2).modules()) == 4
+
+
+def test_logits_have_no_activation():
+    model = create_model("cnn", (1, 28, 28), 10)
+    assert isinstance(list(model.children())[-1], nn.Linear)
+
+
+def test_resnet18_uses_a_small_image_stem():
+    model = create_model("resnet18", (3, 32, 32), 10)
+    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+    assert isinstance(model.maxpool, nn.Identity)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert create_model("resnet18", (1, 28, 28), 10).conv1.in_channels == 1
+
+
+def test_lenet5_matches_the_cifar_tutorial():
+    assert num_params(create_model("lenet5", (3, 32, 32), 10)) == 62_006
+
+
+def test_unknown_model_lists_the_valid_ones():
+    with pytest.raises(ImgclsError, match="unknown model 'vgg'.*mlp, cnn, lenet5, resnet18"):
+        create_model("vgg", (3, 32, 32), 10)
+
+
+def test_too_small_images_are_refused_with_advice():
+    with pytest.raises(ImgclsError, match="at least 16x16.*--image-size"):
+        create_model("lenet5", (1, 12, 12), 10)
+
+
+def test_summary_lists_layers_shapes_and_total():
+    text = summarize(create_model("cnn", (3, 32, 32), 10), (3, 32, 32))
+    assert "16x6x6" in text and "73,856" in text
+    assert "total params 76,922" in text
