@@ -20,7 +20,7 @@ def _add_train(sub) -> None:
     p.add_argument("--data", help="dataset name (see `imgcls datasets`) or an image folder path [mnist-sample]")
     p.add_argument("--data-dir", help="where named datasets live [$IMGCLS_DATA or a per-user cache folder]")
     p.add_argument("--model", help="model name (see `imgcls models`) [cnn]")
-    p.add_argument("--epochs", type=int, help="epochs to train [per dataset: mnist-sample 6, mnist 5, cifar 20]")
+    p.add_argument("--epochs", type=int, help="epochs to train [per dataset: mnist-sample 10, mnist 5, cifar and folders 20]")
     p.add_argument("--batch-size", type=int, help="images per step [128]")
     p.add_argument("--lr", type=float, help="(peak) learning rate [sgd 0.05, adam/adamw 0.004]")
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="sgd is SGD with Nesterov momentum 0.9 [adamw]")

@@ -12,7 +12,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "onecycle", "step", "none")
 DEFAULT_LR = {"sgd": 0.05, "adam": 4e-3, "adamw": 4e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.01}
-DEFAULT_EPOCHS = {"mnist-sample": 6, "mnist": 5, "cifar10": 20, "cifar2": 20}
+DEFAULT_EPOCHS = {"mnist-sample": 10, "mnist": 5, "cifar10": 20, "cifar2": 20}
 FOLDER_EPOCHS = 20
 
 

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.datasets import CIFAR10, MNIST
 
 from imgcls.data.core import Split
 from imgcls.data.registry import CIFAR_MEAN, CIFAR_STD, MNIST_MEAN, MNIST_STD, Source, register_dataset
@@ -43,6 +42,8 @@ def _torchvision_split(cls, root: Path, train: bool, where: str, how: str):
 
 @register_dataset("mnist", "MNIST handwritten digits, 60,000 train + 10,000 test, 1x28x28 (downloads to the data dir)")
 def mnist(root: Path) -> Source:
+    from torchvision.datasets import MNIST  # imported on use: torchvision adds seconds to every start-up
+
     where = root / "MNIST" / "raw"
     how = f"put the four MNIST idx files in {where}, or point --data-dir / IMGCLS_DATA at a folder holding MNIST/raw"
 
@@ -55,6 +56,8 @@ def mnist(root: Path) -> Source:
 
 @register_dataset("cifar10", "CIFAR-10, 50,000 train + 10,000 test, 3x32x32, 10 classes (downloads to the data dir)")
 def cifar10(root: Path) -> Source:
+    from torchvision.datasets import CIFAR10
+
     where = root / CIFAR10.base_folder
     how = f"extract cifar-10-python.tar.gz into {root}, or point --data-dir / IMGCLS_DATA at a folder holding {CIFAR10.base_folder}"
 

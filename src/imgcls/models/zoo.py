@@ -4,7 +4,6 @@ import math
 from collections import OrderedDict
 
 import torch.nn as nn
-from torchvision.models import resnet18 as tv_resnet18
 
 from imgcls.models.registry import register_model
 
@@ -55,6 +54,8 @@ def lenet5(in_shape, num_classes) -> nn.Module:
 def resnet18(in_shape, num_classes) -> nn.Module:
     # torchvision's ResNet-18 with the CIFAR-style stem: a 7x7/2 conv and a max-pool would
     # shrink a 32x32 image to 8x8 before the first block.
+    from torchvision.models import resnet18 as tv_resnet18  # imported on use: torchvision adds seconds to start-up
+
     model = tv_resnet18(weights=None, num_classes=num_classes)
     model.conv1 = nn.Conv2d(in_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
     model.maxpool = nn.Identity()

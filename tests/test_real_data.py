@@ -1,0 +1,41 @@
+"""Accuracy on the real datasets in ../shared/data (`pytest -m slow`; minutes on 2 cores)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import SHARED_DATA, needs_shared_data
+from imgcls.cli import main
+
+pytestmark = [pytest.mark.slow, needs_shared_data]
+
+
+def train(capsys, *args) -> dict:
+    assert main(["train", "--out", "run", *map(str, args)]) == 0, capsys.readouterr().err
+    return json.loads(Path("run/summary.json").read_text())
+
+
+@pytest.mark.parametrize("model,target", [("cnn", 0.985), ("mlp", 0.97)])
+def test_mnist_two_epochs_reach_the_tutorial_accuracy(capsys, model, target):
+    summary = train(capsys, "--data", "mnist", "--data-dir", SHARED_DATA, "--model", model, "--epochs", 2)
+    assert summary["test_images"] == 10_000 and summary["epochs_run"] == 2
+    assert summary["test_accuracy"] >= target
+
+
+def test_default_run_reaches_95_percent_offline(capsys):
+    summary = train(capsys)
+    assert summary["dataset"] == "mnist-sample" and summary["test_accuracy"] >= 0.95
+
+
+def test_cifar10_jpeg_folder_trains_with_its_own_split_and_evaluates(capsys):
+    folder = SHARED_DATA / "cifar10-jpeg"
+    summary = train(capsys, "--data", folder, "--model", "cnn", "--epochs", 2)
+    split = json.loads(Path("run/split.json").read_text())
+    assert (len(split["train"]), len(split["val"]), len(split["test"])) == (45_000, 5_000, 10_000)
+    assert all(f.startswith("test/") for f in split["test"]) and all(f.startswith("train/") for f in split["val"])
+    assert summary["test_accuracy"] >= 0.40
+    capsys.readouterr()
+    assert main(["evaluate", "run"]) == 0
+    out = capsys.readouterr().out
+    assert "airplane" in out and "true \\ predicted" in out and f"accuracy {summary['test_accuracy']:.2%}" in out
