@@ -135,14 +135,15 @@ def test_bad_input_subprocess_errors_are_one_line(tmp_path):
     [
         (["train", "--data", "mnist"], ["MNIST not found in", "IMGCLS_DATA"]),
         (["train", "--data", "cifar2"], ["CIFAR10 not found in", "cifar-10-batches-py"]),
-        (["train", "--epochs", "-1"], ["--epochs must be positive"]),
+        (["train", "--epochs", "0"], ["--epochs must be positive"]),
+        (["train", "--patience", "-1"], ["--patience must be zero or more"]),
         (["train", "--lr", "0"], ["--lr must be positive"]),
         (["train", "--model", "cnn", "--dropout", "0.5"], ["--dropout applies to: mlp"]),
         (["train", "--resume", "runs/none"], ["does not exist"]),
         (["train", "--resume", "x", "--epochs", "3"], ["drop --epochs"]),
         (["train", "--model", "mlp", "--optimizer", "sgd", "--lr", "1e9", "--epochs", "1"], ["loss became", "lower --lr"]),
     ],
-    ids=["mnist-offline", "cifar-offline", "epochs", "lr", "dropout", "resume-missing", "resume-flags", "nan"],
+    ids=["mnist-offline", "cifar-offline", "epochs", "patience", "lr", "dropout", "resume-missing", "resume-flags", "nan"],
 )
 def test_bad_input_gets_a_clear_error(capsys, args, fragments):
     code, _, err = run_cli(capsys, *args)
@@ -191,3 +192,11 @@ def test_resume_of_a_finished_run_only_retests(trained_run, capsys):
     code, out, _ = run_cli(capsys, "train", "--resume", trained_run[0])
     assert code == 0 and "finished, re-testing" in out
     assert json.loads((trained_run[0] / "summary.json").read_text())["test_loss"] == before["test_loss"]
+
+
+def test_resume_refuses_data_that_changed_under_the_run(tmp_path, capsys):
+    root = make_folder(tmp_path / "d", per_class=10)
+    assert run_cli(capsys, "train", "--data", root, "--epochs", "1", "--out", "r")[0] == 0
+    make_folder(root, classes=("cat", "dog", "eel"), per_class=10)
+    code, _, err = run_cli(capsys, "train", "--resume", "r")
+    assert code == 2 and "changed since it was trained" in err

@@ -17,27 +17,27 @@ def _add_train(sub) -> None:
         "Unset options get defaults that suit the dataset.",
     )
     # Every default is None so that the config layer (and --resume) can tell what the user set.
-    p.add_argument("--data", help="dataset name (see `imgcls datasets`) or an image folder path [mnist-sample]")
-    p.add_argument("--data-dir", help="where named datasets live [$IMGCLS_DATA or a per-user cache folder]")
-    p.add_argument("--model", help="model name (see `imgcls models`) [cnn]")
-    p.add_argument("--epochs", type=int, help="epochs to train [per dataset: mnist-sample 10, mnist 5, cifar and folders 20]")
-    p.add_argument("--batch-size", type=int, help="images per step [128]")
-    p.add_argument("--lr", type=float, help="(peak) learning rate [sgd 0.05, adam/adamw 0.004]")
+    p.add_argument("--data", metavar="NAME|PATH", help="dataset name (see `imgcls datasets`) or an image folder path [mnist-sample]")
+    p.add_argument("--data-dir", metavar="DIR", help="where named datasets live [$IMGCLS_DATA or a per-user cache folder]")
+    p.add_argument("--model", metavar="NAME", help="model name (see `imgcls models`) [cnn]")
+    p.add_argument("--epochs", metavar="N", type=int, help="epochs to train [per dataset: mnist-sample 10, mnist 5, cifar and folders 20]")
+    p.add_argument("--batch-size", metavar="N", type=int, help="images per step [128]")
+    p.add_argument("--lr", metavar="LR", type=float, help="(peak) learning rate [sgd 0.05, adam/adamw 0.004]")
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="sgd is SGD with Nesterov momentum 0.9 [adamw]")
-    p.add_argument("--weight-decay", type=float, help="[sgd 5e-4, adam 0, adamw 0.01]")
+    p.add_argument("--weight-decay", metavar="WD", type=float, help="[sgd 5e-4, adam 0, adamw 0.01]")
     p.add_argument("--schedule", choices=["cosine", "onecycle", "step", "none"], help="learning-rate schedule [onecycle]")
-    p.add_argument("--label-smoothing", type=float, help="[0]")
-    p.add_argument("--patience", type=int, help="stop after this many epochs without a better val accuracy; 0 = off [0]")
-    p.add_argument("--seed", type=int, help="seed for init, splits, order and augmentation [0]")
+    p.add_argument("--label-smoothing", metavar="EPS", type=float, help="[0]")
+    p.add_argument("--patience", metavar="N", type=int, help="stop after this many epochs without a better val accuracy; 0 = off [0]")
+    p.add_argument("--seed", metavar="N", type=int, help="seed for init, splits, order and augmentation [0]")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="[auto]")
-    p.add_argument("--val-fraction", type=float, help="part of train held out for validation when there is no val split [0.1]")
-    p.add_argument("--image-size", type=int, help="resize folder images to this square size [native size if all agree, else 128]")
-    p.add_argument("--dropout", type=float, help="dropout probability (mlp)")
+    p.add_argument("--val-fraction", metavar="F", type=float, help="part of train held out for validation when there is no val split [0.1]")
+    p.add_argument("--image-size", metavar="PX", type=int, help="resize folder images to this square size [native size if all agree, else 128]")
+    p.add_argument("--dropout", metavar="P", type=float, help="dropout probability (mlp)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="random augmentation of training batches [on]")
-    p.add_argument("--crop-padding", type=int, help="random shifts of up to this many pixels [digits 2, others 1/8 of the side]")
+    p.add_argument("--crop-padding", metavar="PX", type=int, help="random shifts of up to this many pixels [digits 2, others 1/8 of the side]")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, help="random horizontal flips [on, off for digits and greyscale]")
-    p.add_argument("--rotate", type=float, help="random rotation range in degrees [digits 5, others 0]")
-    p.add_argument("--out", help="run folder [runs/<dataset>-<model>-<n>]")
+    p.add_argument("--rotate", metavar="DEG", type=float, help="random rotation range in degrees [digits 5, others 0]")
+    p.add_argument("--out", metavar="DIR", help="run folder [runs/<dataset>-<model>-<n>]")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (its folder or last.pt) with its saved settings")
     p.set_defaults(func=cmd_train)
 
@@ -45,12 +45,12 @@ def _add_train(sub) -> None:
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="test a trained model: loss, accuracy, per-class accuracy, confusion matrix")
     p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder (uses best.pt) or a .pt file")
-    p.add_argument("--data", help="dataset name or folder [the one the model was trained on]")
-    p.add_argument("--data-dir", help="where named datasets live")
+    p.add_argument("--data", metavar="NAME|PATH", help="dataset name or folder [the one the model was trained on]")
+    p.add_argument("--data-dir", metavar="DIR", help="where named datasets live")
     p.add_argument("--split", choices=["test", "val", "train"], default="test", help="[test]")
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--batch-size", metavar="N", type=int, default=512)
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
-    p.add_argument("--out", help="folder for confusion_matrix.csv and evaluation.json [the run folder]")
+    p.add_argument("--out", metavar="DIR", help="folder for confusion_matrix.csv and evaluation.json [the run folder]")
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -100,7 +100,7 @@ def cmd_train(args) -> int:
         return 130
     print(
         f"test accuracy {summary['test_accuracy']:.2%} (loss {summary['test_loss']:.4f}) with the best epoch "
-        f"{summary['best_epoch']} (val {summary['best_val_accuracy']:.2%}); {summary['epochs_run']} epochs in {summary['train_seconds']:.1f}s\n"
+        f"{summary['best_epoch']} (val {summary['best_val_accuracy']:.2%}); {summary['epochs_run']} epoch{'s' * (summary['epochs_run'] != 1)} in {summary['train_seconds']:.1f}s\n"
         f"saved to {run_dir}"
     )
     return 0

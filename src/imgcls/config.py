@@ -1,12 +1,11 @@
 """Training configuration: what the user set, filled in with defaults that suit the dataset and optimizer."""
 
-import inspect
 from dataclasses import asdict, dataclass, fields
 
 from imgcls.data.augment import Augment
 from imgcls.data.core import Dataset
 from imgcls.errors import ImgclsError
-from imgcls.models import get_model_info
+from imgcls.models import MODELS, get_model_info, model_options
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "onecycle", "step", "none")
@@ -21,7 +20,7 @@ class TrainConfig:
     data: str = "mnist-sample"
     data_dir: str | None = None
     model: str = "cnn"
-    epochs: int = 0  # 0: the dataset's default
+    epochs: int | None = None
     batch_size: int = 128
     lr: float | None = None
     optimizer: str = "adamw"
@@ -59,34 +58,30 @@ class TrainConfig:
 
 def check(cfg: TrainConfig) -> None:
     """Reject values no run can use, before any data is loaded."""
-    info = get_model_info(cfg.model)
+    get_model_info(cfg.model)
     if cfg.optimizer not in OPTIMIZERS:
         raise ImgclsError(f"unknown optimizer '{cfg.optimizer}': choose one of {', '.join(OPTIMIZERS)}")
     if cfg.schedule not in SCHEDULES:
         raise ImgclsError(f"unknown schedule '{cfg.schedule}': choose one of {', '.join(SCHEDULES)}")
-    for name in ("epochs", "batch_size", "patience"):
-        if getattr(cfg, name) < 0 or (name == "batch_size" and cfg.batch_size < 1):
-            raise ImgclsError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    for name, low in (("epochs", 1), ("batch_size", 1), ("patience", 0)):
+        value = getattr(cfg, name)
+        if value is not None and value < low:
+            raise ImgclsError(f"--{name.replace('_', '-')} must be {'positive' if low else 'zero or more'}, got {value}")
     if cfg.lr is not None and not cfg.lr > 0:
         raise ImgclsError(f"--lr must be positive, got {cfg.lr}")
     if not 0 < cfg.val_fraction < 1:
         raise ImgclsError(f"--val-fraction must be between 0 and 1, got {cfg.val_fraction}")
     if not 0 <= cfg.label_smoothing < 1:
         raise ImgclsError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
-    if cfg.dropout is not None and "dropout" not in inspect.signature(info.build).parameters:
-        raise ImgclsError(f"--dropout applies to: {', '.join(n for n, _ in _with_option('dropout'))}; model '{cfg.model}' has no dropout option")
-
-
-def _with_option(option: str):
-    from imgcls.models import MODELS
-
-    return [(n, i) for n, i in MODELS.items() if option in inspect.signature(i.build).parameters]
+    if cfg.dropout is not None and "dropout" not in model_options(cfg.model):
+        with_dropout = [name for name in MODELS if "dropout" in model_options(name)]
+        raise ImgclsError(f"--dropout applies to: {', '.join(with_dropout)}; model '{cfg.model}' has no dropout option")
 
 
 def fill_defaults(cfg: TrainConfig, data: Dataset) -> TrainConfig:
     """Defaults that depend on the data: epochs, learning rate and decay, and augmentation."""
     values = cfg.to_dict()
-    if not cfg.epochs:
+    if cfg.epochs is None:
         values["epochs"] = DEFAULT_EPOCHS.get(cfg.data, FOLDER_EPOCHS)
     if cfg.lr is None:
         values["lr"] = DEFAULT_LR[cfg.optimizer]

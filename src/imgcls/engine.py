@@ -341,7 +341,7 @@ def _describe(cfg: TrainConfig, data: Dataset, trainer: Trainer) -> str:
         f"data {data.name}: {len(data.train):,} train / {len(data.val):,} val / {len(data.test):,} test, {shape}, {data.num_classes} classes\n"
         f"model {cfg.model}: {num_params(trainer.model):,} params on {trainer.device}"
         f"{' (AMP ' + str(trainer.amp).removeprefix('torch.') + ')' if trainer.amp else ''}\n"
-        f"{cfg.optimizer} lr {cfg.lr:g} wd {cfg.weight_decay:g}, {cfg.schedule} schedule, batch {cfg.batch_size}, {cfg.epochs} epochs, augment: {augs}"
+        f"{cfg.optimizer} lr {cfg.lr:g} wd {cfg.weight_decay:g}, {cfg.schedule} schedule, batch {cfg.batch_size}, {cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, augment: {augs}"
     )
 
 

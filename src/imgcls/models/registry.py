@@ -1,5 +1,6 @@
 """The model registry: every model is built from (input shape, class count) by name."""
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,6 +44,11 @@ def create_model(name: str, in_shape: tuple[int, int, int], num_classes: int, **
             f"model '{name}' needs images of at least {info.min_size}x{info.min_size}, got {in_shape[1]}x{in_shape[2]}: pass --image-size or pick another model"
         )
     return info.build(in_shape=tuple(in_shape), num_classes=num_classes, **options)
+
+
+def model_options(name: str) -> set[str]:
+    """The keyword options a model's builder takes beyond the input shape and class count."""
+    return set(inspect.signature(get_model_info(name).build).parameters) - {"in_shape", "num_classes"}
 
 
 def num_params(model: nn.Module) -> int:
