@@ -130,3 +130,12 @@ def test_batches_per_epoch_drops_a_last_batch_of_one():
     assert batches_per_epoch(100, 32) == 4
     assert batches_per_epoch(97, 32) == 3
     assert batches_per_epoch(1, 32) == 1
+
+
+def test_without_a_terminal_progress_is_logged_as_plain_lines(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(engine_module, "LOG_EVERY", 0.0)
+    trainer = trainer_for(tmp_path, tiny_dataset(n_train=320), epochs=1)  # 20 steps: shown at steps 10 and 20
+    trainer.fit()
+    lines = [line for line in capsys.readouterr().out.splitlines() if " step " in line]
+    assert [line.split()[3] for line in lines] == ["10/20", "20/20"]
+    assert all("img/s" in line and "loss" in line for line in lines)

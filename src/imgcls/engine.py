@@ -29,6 +29,7 @@ from imgcls.models import create_model, get_model_info, num_params
 from imgcls.runs import write_json, write_metrics
 
 SYNC_EVERY = 10  # steps between reading statistics back from the device (and checking for NaN)
+LOG_EVERY = 60.0  # seconds between progress lines when there is no terminal for a progress bar
 DEVICE_DATA_LIMIT = 4 * 2**30  # datasets up to this size live on the GPU for the whole run
 
 
@@ -178,46 +179,39 @@ class Trainer:
         order = torch.randperm(len(self.train_labels), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + p.epoch))
         batches = order.to(self.home).split(cfg.batch_size)[: self.steps_per_epoch]
         totals = torch.tensor(p.totals, dtype=torch.float64, device=self.device)
-        bar = tqdm(total=self.steps_per_epoch, initial=p.step, desc=f"epoch {p.epoch + 1}/{cfg.epochs}", unit="batch",
-                   leave=False, disable=None, file=sys.stderr, dynamic_ncols=True)  # fmt: skip
         start = time.perf_counter() - p.seconds
-        for step in range(p.step, self.steps_per_epoch):
-            idx = batches[step]
-            x = self.train_images[idx].to(self.device, non_blocking=True)
-            y = self.train_labels[idx].to(self.device, non_blocking=True)
-            x = prepare(x, self.mean, self.std, self.augment, self.generator)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(self.device, self.amp):
-                logits = self.model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            if self.schedule_per_step:
-                self.scheduler.step()
-            totals[0] += loss.detach() * len(y)
-            totals[1] += (logits.argmax(1) == y).sum()
-            totals[2] += len(y)
-            p.step = step + 1
-            if p.step % SYNC_EVERY == 0 or p.step == self.steps_per_epoch or self.stop_requested:
-                p.totals = totals.tolist()
-                if not math.isfinite(p.totals[0]):
-                    bar.close()
-                    self._non_finite()
-                p.seconds = time.perf_counter() - start
-                bar.set_postfix(loss=f"{p.totals[0] / p.totals[2]:.4f}", acc=f"{p.totals[1] / p.totals[2]:.2%}",
-                                img_s=f"{p.totals[2] / max(p.seconds, 1e-9):,.0f}")  # fmt: skip
-                bar.update(p.step - bar.n)
-            if self.on_step:
-                self.on_step(self)
-            if self.stop_requested:
-                bar.close()
-                p.totals, p.seconds = totals.tolist(), time.perf_counter() - start
-                self.save_last()
-                raise Interrupted(self.run_dir)
-        bar.close()
+        with EpochBar(self.steps_per_epoch, p.step, f"epoch {p.epoch + 1}/{cfg.epochs}") as bar:
+            for step in range(p.step, self.steps_per_epoch):
+                idx = batches[step]
+                x = self.train_images[idx].to(self.device, non_blocking=True)
+                y = self.train_labels[idx].to(self.device, non_blocking=True)
+                x = prepare(x, self.mean, self.std, self.augment, self.generator)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(self.device, self.amp):
+                    logits = self.model(x)
+                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                if self.schedule_per_step:
+                    self.scheduler.step()
+                totals[0] += loss.detach() * len(y)
+                totals[1] += (logits.argmax(1) == y).sum()
+                totals[2] += len(y)
+                p.step = step + 1
+                if p.step % SYNC_EVERY == 0 or p.step == self.steps_per_epoch or self.stop_requested:
+                    p.totals, p.seconds = totals.tolist(), time.perf_counter() - start
+                    if not math.isfinite(p.totals[0]):
+                        self._non_finite()
+                    bar.show(p.step, p.totals, p.seconds)
+                if self.on_step:
+                    self.on_step(self)
+                if self.stop_requested:
+                    p.totals, p.seconds = totals.tolist(), time.perf_counter() - start
+                    self.save_last()
+                    raise Interrupted(self.run_dir)
         p.seconds = time.perf_counter() - start
 
     def _non_finite(self):
@@ -297,6 +291,31 @@ class Trainer:
         }
         write_json(self.run_dir / "summary.json", summary)
         return summary
+
+
+class EpochBar:
+    """A tqdm bar on a terminal; in logs (no terminal) a plain progress line every LOG_EVERY seconds instead."""
+
+    def __init__(self, total: int, initial: int, desc: str):
+        self.total, self.desc = total, desc
+        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="batch", leave=False, disable=None, file=sys.stderr, dynamic_ncols=True)
+        self.logged = time.perf_counter()
+
+    def show(self, step: int, totals: list[float], seconds: float) -> None:
+        loss, acc, speed = totals[0] / totals[2], totals[1] / totals[2], totals[2] / max(seconds, 1e-9)
+        if not self.bar.disable:
+            self.bar.set_postfix(loss=f"{loss:.4f}", acc=f"{acc:.2%}", img_s=f"{speed:,.0f}")
+            self.bar.update(step - self.bar.n)
+        elif time.perf_counter() - self.logged >= LOG_EVERY:
+            self.logged = time.perf_counter()
+            print(f"{self.desc}  step {step}/{self.total}  loss {loss:.4f} acc {acc:.2%}  {speed:,.0f} img/s", flush=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.close()
+        return False
 
 
 def format_epoch(row: dict, epochs: int) -> str:
