@@ -30,7 +30,11 @@ def trained_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("shared-run")
     env = {**os.environ, "IMGCLS_OFFLINE": "1", "IMGCLS_CACHE": str(root / "cache")}
     result = subprocess.run(
-        [sys.executable, "-m", "imgcls", "train", "--epochs", "1", "--out", str(root / "run")], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-m", "imgcls", "train", "--epochs", "1", "--out", str(root / "run")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     return root / "run", result
@@ -97,7 +101,9 @@ def test_ctrl_c_saves_last_and_resume_finishes_like_an_uninterrupted_run(tmp_pat
     args = ["train", "--model", "mlp", "--epochs", "4", "--seed", "3", "--device", "cpu"]
     straight = imgcls(*args, "--out", tmp_path / "straight")
     assert straight.returncode == 0, straight.stderr
-    proc = subprocess.Popen([sys.executable, "-m", "imgcls", *args, "--out", str(tmp_path / "cut")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imgcls", *args, "--out", str(tmp_path / "cut")], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     deadline = time.time() + 120
     while not (tmp_path / "cut" / "metrics.csv").exists() and time.time() < deadline:
         time.sleep(0.05)

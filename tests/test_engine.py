@@ -36,7 +36,15 @@ def test_learns_a_learnable_task_and_writes_a_complete_run(tmp_path):
     assert {p.name for p in run.iterdir()} >= {"best.pt", "last.pt", "metrics.csv", "summary.json", "confusion_matrix.csv"}
     rows = (run / "metrics.csv").read_text().splitlines()
     assert rows[0] == "epoch,train_loss,train_acc,val_loss,val_acc,lr,seconds" and len(rows) == 4
-    assert set(summary) >= {"test_accuracy", "best_val_accuracy", "best_epoch", "epochs_run", "train_seconds", "num_params", "per_class_accuracy"}
+    assert set(summary) >= {
+        "test_accuracy",
+        "best_val_accuracy",
+        "best_epoch",
+        "epochs_run",
+        "train_seconds",
+        "num_params",
+        "per_class_accuracy",
+    }
     assert set(summary["per_class_accuracy"]) == {"c0", "c1", "c2"}
     assert summary["best_val_accuracy"] == max(r["val_acc"] for r in trainer.progress.history)
 

@@ -31,10 +31,14 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", metavar="N", type=int, help="seed for init, splits, order and augmentation [0]")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="[auto]")
     p.add_argument("--val-fraction", metavar="F", type=float, help="part of train held out for validation when there is no val split [0.1]")
-    p.add_argument("--image-size", metavar="PX", type=int, help="resize folder images to this square size [native size if all agree, else 128]")
+    p.add_argument(
+        "--image-size", metavar="PX", type=int, help="resize folder images to this square size [native size if all agree, else 128]"
+    )
     p.add_argument("--dropout", metavar="P", type=float, help="dropout probability (mlp)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="random augmentation of training batches [on]")
-    p.add_argument("--crop-padding", metavar="PX", type=int, help="random shifts of up to this many pixels [digits 2, others 1/8 of the side]")
+    p.add_argument(
+        "--crop-padding", metavar="PX", type=int, help="random shifts of up to this many pixels [digits 2, others 1/8 of the side]"
+    )
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, help="random horizontal flips [on, off for digits and greyscale]")
     p.add_argument("--rotate", metavar="DEG", type=float, help="random rotation range in degrees [digits 5, others 0]")
     p.add_argument("--out", metavar="DIR", help="run folder [runs/<dataset>-<model>-<n>]")
@@ -96,7 +100,10 @@ def cmd_train(args) -> int:
         else:
             run_dir, summary = train(TrainConfig(**given), out=args.out)
     except Interrupted as stop:
-        print(f"\ninterrupted: progress saved in {stop.run_dir / 'last.pt'}\nresume with: imgcls train --resume {stop.run_dir}", file=sys.stderr)
+        print(
+            f"\ninterrupted: progress saved in {stop.run_dir / 'last.pt'}\nresume with: imgcls train --resume {stop.run_dir}",
+            file=sys.stderr,
+        )
         return 130
     print(
         f"test accuracy {summary['test_accuracy']:.2%} (loss {summary['test_loss']:.4f}) with the best epoch "
@@ -136,7 +143,9 @@ def cmd_evaluate(args) -> int:
             f"({', '.join(data.classes[:5])}...): evaluate on data with the classes the model was trained on"
         )
     if list(data.shape) != ckpt["in_shape"]:
-        raise ImgclsError(f"the model takes {'x'.join(map(str, ckpt['in_shape']))} images, {spec} has {'x'.join(map(str, data.shape))}: use data of the model's size")
+        raise ImgclsError(
+            f"the model takes {'x'.join(map(str, ckpt['in_shape']))} images, {spec} has {'x'.join(map(str, data.shape))}: use data of the model's size"
+        )
     split = getattr(data, args.split)
     mean = torch.tensor(ckpt["mean"], device=device).view(-1, 1, 1)
     std = torch.tensor(ckpt["std"], device=device).view(-1, 1, 1)

@@ -151,7 +151,9 @@ class Trainer:
             self.model.load_state_dict(ckpt["state_dict"])
             self.optimizer.load_state_dict(ckpt["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
-            raise ImgclsError(f"{ckpt['path']} does not fit model '{self.cfg.model}' on this data ({str(e).splitlines()[0]}): start a new run") from None
+            raise ImgclsError(
+                f"{ckpt['path']} does not fit model '{self.cfg.model}' on this data ({str(e).splitlines()[0]}): start a new run"
+            ) from None
         if self.scheduler and ckpt.get("scheduler"):
             self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -168,9 +170,7 @@ class Trainer:
         self.stop_requested = True
 
     def _eval(self, split: Split) -> EvalResult:
-        return evaluate(
-            self.model, split, self.mean, self.std, self.data.num_classes, amp=self.amp, channels_last=self.channels_last
-        )
+        return evaluate(self.model, split, self.mean, self.std, self.data.num_classes, amp=self.amp, channels_last=self.channels_last)
 
     def train_epoch(self) -> None:
         cfg, p = self.cfg, self.progress
@@ -298,7 +298,9 @@ class EpochBar:
 
     def __init__(self, total: int, initial: int, desc: str):
         self.total, self.desc = total, desc
-        self.bar = tqdm(total=total, initial=initial, desc=desc, unit="batch", leave=False, disable=None, file=sys.stderr, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total, initial=initial, desc=desc, unit="batch", leave=False, disable=None, file=sys.stderr, dynamic_ncols=True
+        )
         self.logged = time.perf_counter()
 
     def show(self, step: int, totals: list[float], seconds: float) -> None:
@@ -352,22 +354,20 @@ class _ctrl_c_requests_stop:
 
 def _describe(cfg: TrainConfig, data: Dataset, trainer: Trainer) -> str:
     shape = "x".join(map(str, data.shape))
-    aug = cfg.augmentation()
-    augs = ", ".join(
-        part for part, on in ((f"crop±{aug.crop_padding}", aug.crop_padding), ("flip", aug.flip), (f"rotate±{aug.rotate:g}°", aug.rotate)) if on
-    ) or "none"
     return (
         f"data {data.name}: {len(data.train):,} train / {len(data.val):,} val / {len(data.test):,} test, {shape}, {data.num_classes} classes\n"
         f"model {cfg.model}: {num_params(trainer.model):,} params on {trainer.device}"
         f"{' (AMP ' + str(trainer.amp).removeprefix('torch.') + ')' if trainer.amp else ''}\n"
-        f"{cfg.optimizer} lr {cfg.lr:g} wd {cfg.weight_decay:g}, {cfg.schedule} schedule, batch {cfg.batch_size}, {cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, augment: {augs}"
+        f"{cfg.optimizer} lr {cfg.lr:g} wd {cfg.weight_decay:g}, {cfg.schedule} schedule, batch {cfg.batch_size}, {cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, augment: {cfg.augmentation().describe()}"
     )
 
 
 def _load_data(cfg: TrainConfig, split_files=None) -> Dataset:
     from imgcls.data import load_dataset
 
-    return load_dataset(cfg.data, data_dir=cfg.data_dir, seed=cfg.seed, val_fraction=cfg.val_fraction, image_size=cfg.image_size, split_files=split_files)
+    return load_dataset(
+        cfg.data, data_dir=cfg.data_dir, seed=cfg.seed, val_fraction=cfg.val_fraction, image_size=cfg.image_size, split_files=split_files
+    )
 
 
 def _record_data(data: Dataset, run_dir: Path) -> None:
@@ -412,6 +412,8 @@ def resume(run: str | Path, on_step=None) -> tuple[Path, dict]:
     trainer = Trainer(cfg, data, run_dir, on_step=on_step)
     trainer.load_last(ckpt)
     p = trainer.progress
-    where = "finished, re-testing" if p.finished else f"resuming at epoch {p.epoch + 1}/{cfg.epochs}, step {p.step}/{trainer.steps_per_epoch}"
+    where = (
+        "finished, re-testing" if p.finished else f"resuming at epoch {p.epoch + 1}/{cfg.epochs}, step {p.step}/{trainer.steps_per_epoch}"
+    )
     print(f"run {run_dir}: {where}\n{_describe(cfg, data, trainer)}", flush=True)
     return run_dir, trainer.fit()

@@ -6,7 +6,7 @@ handful of tensor ops per batch instead.
 """
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +22,11 @@ class Augment:
     def active(self) -> bool:
         return self.crop_padding > 0 or self.flip or self.rotate > 0
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def describe(self) -> str:
+        parts = [f"crop±{self.crop_padding}"] if self.crop_padding else []
+        parts += ["flip"] if self.flip else []
+        parts += [f"rotate±{self.rotate:g}°"] if self.rotate else []
+        return ", ".join(parts) or "none"
 
 
 def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:

@@ -41,14 +41,18 @@ def _class_dirs(folder: Path) -> list[str]:
 def _files(root: Path, folder: Path) -> list[tuple[str, int, int]]:
     """(path relative to root, size, mtime) of every non-hidden file below folder, sorted.
 
-    os.walk and DirEntry.stat instead of Path.rglob: five times faster on 60,000 files."""
+    os.scandir, whose entries carry their type, instead of Path.rglob: five times faster on 60,000 files."""
     found = []
-    for top, dirs, names in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        prefix = os.path.relpath(top, root).replace(os.sep, "/")
-        with os.scandir(top) as it:
-            for e in it:
-                if e.is_file() and not e.name.startswith("."):
+    pending = [(str(folder), folder.relative_to(root).as_posix())]
+    while pending:
+        path, prefix = pending.pop()
+        with os.scandir(path) as entries:
+            for e in entries:
+                if e.name.startswith("."):
+                    continue
+                if e.is_dir():
+                    pending.append((e.path, f"{prefix}/{e.name}"))
+                elif e.is_file():
                     st = e.stat()
                     found.append((f"{prefix}/{e.name}", st.st_size, st.st_mtime_ns))
     return sorted(found)
@@ -68,7 +72,9 @@ def scan(root: Path) -> tuple[list[str], list[Entry]]:
     if not classes:
         loose = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
         hint = "it has image files but no class folders" if loose else "it is empty"
-        raise ImgclsError(f"{tops.get('train', root)} has no class folders ({hint}): put each class in its own subfolder, e.g. {root}/cat/1.jpg")
+        raise ImgclsError(
+            f"{tops.get('train', root)} has no class folders ({hint}): put each class in its own subfolder, e.g. {root}/cat/1.jpg"
+        )
     if len(classes) < 2:
         raise ImgclsError(f"{tops.get('train', root)} has only one class ({classes[0]}): a classifier needs at least two class folders")
     entries = []
@@ -119,7 +125,10 @@ def _target_size(root: Path, sizes: Counter, image_size: int | None) -> tuple[in
         return image_size, image_size
     if len(sizes) == 1:
         return next(iter(sizes))
-    print(f"images in {root} have {len(sizes)} different sizes: resizing to {DEFAULT_MIXED_SIZE}x{DEFAULT_MIXED_SIZE} (set --image-size)", file=sys.stderr)
+    print(
+        f"images in {root} have {len(sizes)} different sizes: resizing to {DEFAULT_MIXED_SIZE}x{DEFAULT_MIXED_SIZE} (set --image-size)",
+        file=sys.stderr,
+    )
     return DEFAULT_MIXED_SIZE, DEFAULT_MIXED_SIZE
 
 
@@ -204,7 +213,9 @@ def load_folder(
         position = {rel: i for i, rel in enumerate(files)}
         missing = [rel for part in split_files.values() for rel in part if rel not in position]
         if missing:
-            raise ImgclsError(f"the run's split.json lists {len(missing)} files no longer readable in {root} (e.g. {missing[0]}): restore them or start a new run")
+            raise ImgclsError(
+                f"the run's split.json lists {len(missing)} files no longer readable in {root} (e.g. {missing[0]}): restore them or start a new run"
+            )
         index = {s: torch.tensor([position[rel] for rel in split_files.get(s, [])], dtype=torch.long) for s in SPLITS}
     for s in ("train", "val"):
         if len(index[s]) == 0:

@@ -31,5 +31,8 @@ def summarize(model: nn.Module, in_shape: tuple[int, int, int]) -> str:
     lines = [f"{'layer':<{width}}  {'type':<{kind}}  {'output':>12}  {'params':>10}", "-" * (width + kind + 28)]
     lines += [f"{n:<{width}}  {t:<{kind}}  {s:>12}  {p:>10,}" for n, t, s, p in rows]
     total = num_params(model)
-    lines += ["-" * (width + kind + 28), f"input {'x'.join(map(str, in_shape))}, total params {total:,} ({total * 4 / 2**20:.2f} MiB as float32)"]
+    lines += [
+        "-" * (width + kind + 28),
+        f"input {'x'.join(map(str, in_shape))}, total params {total:,} ({total * 4 / 2**20:.2f} MiB as float32)",
+    ]
     return "\n".join(lines)
