@@ -206,3 +206,9 @@ def test_resume_refuses_data_that_changed_under_the_run(tmp_path, capsys):
     make_folder(root, classes=("cat", "dog", "eel"), per_class=10)
     code, _, err = run_cli(capsys, "train", "--resume", "r")
     assert code == 2 and "changed since it was trained" in err
+
+
+def test_the_console_script_is_installed():
+    script = Path(sys.executable).parent / "imgcls"
+    result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.startswith("imgcls ")

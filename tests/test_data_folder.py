@@ -156,3 +156,14 @@ def test_a_folder_of_only_unreadable_files_fails(tmp_path):
         (tmp_path / "d" / c / "x.jpg").write_bytes(b"garbage")
     with pytest.raises(ImgclsError, match="no readable images.*2 files"):
         load_dataset(str(tmp_path / "d"))
+
+
+def test_parallel_decoding_matches_decoding_in_one_process(tmp_path, monkeypatch):
+    root = make_folder(tmp_path / "d", per_class=9)
+    (root / "dog" / "bad.png").write_bytes(b"\x89PNG broken")
+    inline = folder_module.decode(root, sorted(e.rel for e in folder_module.scan(root)[1]), None, None)
+    monkeypatch.setattr(folder_module, "CHUNK", 4)  # 19 files: five chunks on worker processes
+    parallel = folder_module.decode(root, sorted(e.rel for e in folder_module.scan(root)[1]), None, None)
+    assert torch.equal(parallel["images"], inline["images"])
+    assert parallel["files"] == inline["files"] and len(parallel["files"]) == 18
+    assert [s.split(":")[0] for s in parallel["skipped"]] == ["dog/bad.png"]

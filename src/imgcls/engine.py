@@ -5,9 +5,7 @@ with statistics kept on the device and read back only every few steps.
 """
 
 import math
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,6 +23,7 @@ from imgcls.data.core import Dataset, Split
 from imgcls.device import amp_dtype, autocast, pick_device, use_channels_last
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import EvalResult, evaluate, write_confusion_csv
+from imgcls.interrupt import CtrlC
 from imgcls.models import create_model, get_model_info, num_params
 from imgcls.runs import write_json, write_metrics
 
@@ -254,7 +253,7 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train to the end (or early stop), then test the best checkpoint once. Returns the summary."""
-        with _ctrl_c_requests_stop(self):
+        with CtrlC(on_press=self.request_stop):
             while not self.progress.finished:
                 self.train_epoch()
                 row = self.end_epoch()
@@ -327,29 +326,6 @@ def format_epoch(row: dict, epochs: int) -> str:
         f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}  "
         f"lr {row['lr']:.2e}  {row['seconds']:.1f}s  {row['images_per_second']:,.0f} img/s" + ("  *best*" if row["best"] else "")
     )
-
-
-class _ctrl_c_requests_stop:
-    """While training, the first Ctrl-C asks for a clean stop at the end of the step; a second one aborts."""
-
-    def __init__(self, trainer: Trainer):
-        self.trainer = trainer
-        self.active = threading.current_thread() is threading.main_thread()
-
-    def __enter__(self):
-        if self.active:
-            self.previous = signal.getsignal(signal.SIGINT)
-            signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        self.trainer.request_stop()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-    def __exit__(self, *exc):
-        if self.active:
-            signal.signal(signal.SIGINT, self.previous)
-        return False
 
 
 def _describe(cfg: TrainConfig, data: Dataset, trainer: Trainer) -> str:

@@ -2,13 +2,17 @@
 
 import hashlib
 import json
+import multiprocessing
 import os
+import signal
 import sys
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -16,6 +20,7 @@ from imgcls.checkpoint import atomic_save
 from imgcls.data.core import Dataset, Split, channel_stats, stratified_split
 from imgcls.data.images import DECODE_ERRORS, is_grey, peek, read_image
 from imgcls.errors import ImgclsError
+from imgcls.interrupt import CtrlC
 from imgcls.paths import cache_dir
 
 SPLITS = ("train", "val", "test")
@@ -97,27 +102,67 @@ def _cache_key(root: Path, entries: list[Entry], channels, image_size) -> str:
     return h.hexdigest()[:32]
 
 
-def _parallel(fn, items: list, desc: str) -> list:
-    """fn over items in chunks on a thread pool (PIL releases the GIL while decoding), with a progress bar.
+def _pool(workers: int):
+    """Worker processes where fork makes them cheap (Linux: the decoders are Python-bound, so threads
+    contend for the GIL and ran slower than one thread); threads elsewhere."""
+    if sys.platform == "linux":
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_ignore_ctrl_c)
+    return ThreadPoolExecutor(workers)
 
-    Chunks, not single items: a future per file costs as much as decoding a 32x32 JPEG."""
-    chunks = [items[i : i + CHUNK] for i in range(0, len(items), CHUNK)]
-    results = []
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
-        bar = tqdm(total=len(items), desc=desc, unit="img", file=sys.stderr, disable=None if len(items) > 2000 else True, leave=False)
-        for done in pool.map(lambda chunk: [fn(item) for item in chunk], chunks):
-            results += done
-            bar.update(len(done))
-        bar.close()
+
+def _ignore_ctrl_c() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and cancels the rest
+
+
+def _map_chunks(fn, rels: list[str], desc: str) -> list:
+    """fn over chunks of CHUNK files, in parallel when there is more than one chunk, with a progress bar.
+
+    Chunks, not single files: handing out one task per file costs as much as decoding a 32x32 JPEG."""
+    chunks = [rels[i : i + CHUNK] for i in range(0, len(rels), CHUNK)]
+    workers = min(8, os.cpu_count() or 1, len(chunks))
+    with tqdm(total=len(rels), desc=desc, unit="img", file=sys.stderr, disable=None if len(rels) > 2000 else True, leave=False) as bar:
+        if workers <= 1:
+            return [fn(chunk) for chunk in chunks]
+        results = []
+        pool = _pool(workers)
+        try:
+            with CtrlC() as ctrl_c:
+                for chunk, result in zip(chunks, pool.map(fn, chunks)):
+                    if ctrl_c.pressed:
+                        raise KeyboardInterrupt
+                    results.append(result)
+                    bar.update(len(chunk))
+        finally:
+            pool.shutdown(cancel_futures=True)
     return results
 
 
-def _try(fn, *args):
-    """fn(*args), or the reason it could not read the file."""
-    try:
-        return fn(*args)
-    except DECODE_ERRORS as e:
-        return f"{type(e).__name__}: {e}"
+def _reason(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def _peek_chunk(root: Path, rels: list[str]) -> list:
+    """(mode, (H, W)) of each file, or why it cannot be opened."""
+    headers = []
+    for rel in rels:
+        try:
+            headers.append(peek(root / rel))
+        except DECODE_ERRORS as e:
+            headers.append(_reason(e))
+    return headers
+
+
+def _read_chunk(root: Path, channels: int, size: tuple[int, int], rels: list[str]) -> tuple[np.ndarray, list[str | None]]:
+    """The files' pixels as uint8 N x C x H x W, and None or the reason for each file that failed."""
+    pixels = np.zeros((len(rels), channels, *size), np.uint8)
+    failures: list[str | None] = []
+    for i, rel in enumerate(rels):
+        try:
+            pixels[i] = read_image(root / rel, channels, size)
+            failures.append(None)
+        except DECODE_ERRORS as e:
+            failures.append(_reason(e))
+    return pixels, failures
 
 
 def _target_size(root: Path, sizes: Counter, image_size: int | None) -> tuple[int, int]:
@@ -136,7 +181,7 @@ def decode(root: Path, rels: list[str], channels: int | None, image_size: int | 
     """Decode files into one uint8 tensor; unreadable ones are listed in 'skipped' instead.
 
     A header pass first (mode and size, no pixels) decides the channel count and the common size."""
-    headers = _parallel(lambda rel: _try(peek, root / rel), rels, "scanning")
+    headers = [h for chunk in _map_chunks(partial(_peek_chunk, root), rels, "scanning") for h in chunk]
     skipped = [f"{rel}: {h}" for rel, h in zip(rels, headers) if isinstance(h, str)]
     good = [(rel, h) for rel, h in zip(rels, headers) if not isinstance(h, str)]
     if not good:
@@ -144,19 +189,15 @@ def decode(root: Path, rels: list[str], channels: int | None, image_size: int | 
     if channels is None:
         channels = 1 if all(is_grey(mode) for _, (mode, _) in good) else 3
     size = _target_size(root, Counter(s for _, (_, s) in good), image_size)
-    images = torch.empty((len(good), channels, *size), dtype=torch.uint8)
-    pixels = images.numpy()  # a view: workers write decoded images straight into the tensor
-
-    def read_into(item):
-        i, rel = item
-        pixels[i] = read_image(root / rel, channels, size)
-
-    failures = _parallel(lambda item: _try(read_into, item), list(enumerate(rel for rel, _ in good)), "decoding")
+    names = [rel for rel, _ in good]
+    chunks = _map_chunks(partial(_read_chunk, root, channels, size), names, "decoding")
+    images = torch.from_numpy(np.concatenate([pixels for pixels, _ in chunks]))
+    failures = [f for _, chunk_failures in chunks for f in chunk_failures]
     ok = [i for i, failure in enumerate(failures) if failure is None]
-    skipped += [f"{good[i][0]}: {failure}" for i, failure in enumerate(failures) if failure is not None]
+    skipped += [f"{names[i]}: {failure}" for i, failure in enumerate(failures) if failure is not None]
     if not ok:
         raise ImgclsError(f"no readable images in {root} ({len(skipped)} files could not be decoded, e.g. {skipped[0]})")
-    return {"images": images[ok] if len(ok) < len(good) else images, "files": [good[i][0] for i in ok], "skipped": skipped}
+    return {"images": images[ok] if len(ok) < len(names) else images, "files": [names[i] for i in ok], "skipped": skipped}
 
 
 def decode_cached(root: Path, rels: list[str], key: str, channels: int | None, image_size: int | None) -> dict:
