@@ -114,54 +114,24 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    import torch
+    from imgcls.evaluation import evaluate_checkpoint, format_confusion, format_per_class, write_confusion_csv
+    from imgcls.runs import write_json
 
-    from imgcls import checkpoint
-    from imgcls.data import load_dataset
-    from imgcls.device import pick_device
-    from imgcls.evaluation import evaluate, format_confusion, format_per_class, write_confusion_csv
-    from imgcls.inference import load_model
-    from imgcls.runs import read_json, write_json
-
-    ckpt = checkpoint.load(args.checkpoint)
-    device = pick_device(args.device)
-    model = load_model(ckpt, device)
-    cfg = ckpt["config"]
-    spec = args.data or cfg["data"]
-    same_data = args.data is None or args.data == cfg["data"]
-    split_file = Path(ckpt["path"]).parent / "split.json"
-    split_files = read_json(split_file) if same_data and split_file.exists() else None
-    # A folder other than the training one is decoded to the model's input shape.
-    channels, size = (None, cfg.get("image_size")) if same_data else (ckpt["in_shape"][0], ckpt["in_shape"][1])
-    data = load_dataset(
-        spec, data_dir=args.data_dir or cfg.get("data_dir"), seed=cfg["seed"], val_fraction=cfg["val_fraction"],
-        channels=channels, image_size=size, split_files=split_files,
-    )  # fmt: skip
-    if list(data.classes) != ckpt["classes"]:
-        raise ImgclsError(
-            f"the model knows {len(ckpt['classes'])} classes ({', '.join(ckpt['classes'][:5])}...), {spec} has {data.num_classes} "
-            f"({', '.join(data.classes[:5])}...): evaluate on data with the classes the model was trained on"
-        )
-    if list(data.shape) != ckpt["in_shape"]:
-        raise ImgclsError(
-            f"the model takes {'x'.join(map(str, ckpt['in_shape']))} images, {spec} has {'x'.join(map(str, data.shape))}: use data of the model's size"
-        )
-    split = getattr(data, args.split)
-    mean = torch.tensor(ckpt["mean"], device=device).view(-1, 1, 1)
-    std = torch.tensor(ckpt["std"], device=device).view(-1, 1, 1)
-    result = evaluate(model, split, mean, std, data.num_classes, batch_size=args.batch_size)
+    ckpt, data, result = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.split, args.device, args.batch_size)
     per_class = result.per_class_accuracy(data.classes)
-    print(f"{spec} {args.split}: {len(split):,} images, loss {result.loss:.4f}, accuracy {result.accuracy:.2%}\n")
+    images = int(result.confusion.sum())
+    print(f"{data.name} {args.split}: {images:,} images, loss {result.loss:.4f}, accuracy {result.accuracy:.2%}\n")
     print(format_per_class(per_class, result.confusion) + "\n")
     print(format_confusion(result.confusion, data.classes))
     out = Path(args.out) if args.out else Path(ckpt["path"]).parent
     out.mkdir(parents=True, exist_ok=True)
-    write_confusion_csv(result.confusion, data.classes, out / f"confusion_matrix_{args.split}.csv")
-    write_json(out / f"evaluation_{args.split}.json", {
-        "checkpoint": ckpt["path"], "data": spec, "split": args.split, "images": len(split),
+    csv_path, json_path = out / f"confusion_matrix_{args.split}.csv", out / f"evaluation_{args.split}.json"
+    write_confusion_csv(result.confusion, data.classes, csv_path)
+    write_json(json_path, {
+        "checkpoint": ckpt["path"], "data": args.data or ckpt["config"]["data"], "split": args.split, "images": images,
         "loss": result.loss, "accuracy": result.accuracy, "per_class_accuracy": per_class,
     })  # fmt: skip
-    print(f"\nsaved {out / f'confusion_matrix_{args.split}.csv'} and {out / f'evaluation_{args.split}.json'}")
+    print(f"\nsaved {csv_path} and {json_path}")
     return 0
 
 

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from imgcls import checkpoint
-from imgcls.config import TrainConfig
+from imgcls.config import TrainConfig, check, fill_defaults
+from imgcls.data import dataset_name, load_dataset
 from imgcls.data.augment import prepare
 from imgcls.data.core import Dataset, Split
 from imgcls.device import amp_dtype, autocast, pick_device, use_channels_last
@@ -25,7 +26,7 @@ from imgcls.errors import ImgclsError
 from imgcls.evaluation import EvalResult, evaluate, write_confusion_csv
 from imgcls.interrupt import CtrlC
 from imgcls.models import create_model, get_model_info, num_params
-from imgcls.runs import write_json, write_metrics
+from imgcls.runs import new_run_dir, read_split, write_json, write_metrics
 
 SYNC_EVERY = 10  # steps between reading statistics back from the device (and checking for NaN)
 LOG_EVERY = 60.0  # seconds between progress lines when there is no terminal for a progress bar
@@ -339,8 +340,6 @@ def _describe(cfg: TrainConfig, data: Dataset, trainer: Trainer) -> str:
 
 
 def _load_data(cfg: TrainConfig, split_files=None) -> Dataset:
-    from imgcls.data import load_dataset
-
     return load_dataset(
         cfg.data, data_dir=cfg.data_dir, seed=cfg.seed, val_fraction=cfg.val_fraction, image_size=cfg.image_size, split_files=split_files
     )
@@ -356,10 +355,6 @@ def _record_data(data: Dataset, run_dir: Path) -> None:
 
 def train(cfg: TrainConfig, out: str | None = None, on_step=None) -> tuple[Path, dict]:
     """A new run: load data, fill defaults, write the run folder, train, test."""
-    from imgcls.config import check, fill_defaults
-    from imgcls.data import dataset_name
-    from imgcls.runs import new_run_dir
-
     check(cfg)
     pick_device(cfg.device)
     data = _load_data(cfg)
@@ -374,15 +369,12 @@ def train(cfg: TrainConfig, out: str | None = None, on_step=None) -> tuple[Path,
 
 def resume(run: str | Path, on_step=None) -> tuple[Path, dict]:
     """Continue a run from its last.pt, with its saved config and data split."""
-    from imgcls.runs import read_json
-
     ckpt = checkpoint.load(run, which="last")
     if "progress" not in ckpt:
         raise ImgclsError(f"{ckpt['path']} holds weights only (no training state): resume from the run folder or its last.pt")
     run_dir = Path(ckpt["path"]).parent
     cfg = TrainConfig.from_dict(ckpt["config"])
-    split = run_dir / "split.json"
-    data = _load_data(cfg, split_files=read_json(split) if split.exists() else None)
+    data = _load_data(cfg, split_files=read_split(run_dir))
     if list(data.classes) != ckpt["classes"] or list(data.shape) != ckpt["in_shape"]:
         raise ImgclsError(f"the data of {run_dir} changed since it was trained (classes or image size differ): start a new run")
     trainer = Trainer(cfg, data, run_dir, on_step=on_step)

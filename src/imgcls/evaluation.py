@@ -8,9 +8,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from imgcls import checkpoint
+from imgcls.data import Dataset, load_dataset
 from imgcls.data.augment import prepare
 from imgcls.data.core import Split
-from imgcls.device import autocast
+from imgcls.device import autocast, pick_device
+from imgcls.errors import ImgclsError
+from imgcls.inference import load_model, normalisation
+from imgcls.runs import read_split
 
 
 @dataclass
@@ -61,6 +66,39 @@ def evaluate(model: nn.Module, split: Split, mean, std, num_classes: int, **kwar
     predictions = logits.argmax(1)
     accuracy = (predictions == labels).float().mean().item()
     return EvalResult(loss, accuracy, confusion_matrix(labels, predictions, num_classes).cpu())
+
+
+def checkpoint_data(ckpt: dict, spec: str | None = None, data_dir: str | None = None) -> Dataset:
+    """The data to test a checkpoint on: by default its own, with the run's saved split; another
+    dataset or folder must have the model's classes, and folders are decoded to its input shape."""
+    cfg = ckpt["config"]
+    same_data = spec is None or spec == cfg["data"]
+    spec = spec or cfg["data"]
+    channels, size = (None, cfg.get("image_size")) if same_data else (ckpt["in_shape"][0], ckpt["in_shape"][1])
+    data = load_dataset(
+        spec, data_dir=data_dir or cfg.get("data_dir"), seed=cfg["seed"], val_fraction=cfg["val_fraction"], channels=channels,
+        image_size=size, split_files=read_split(Path(ckpt["path"]).parent) if same_data else None,
+    )  # fmt: skip
+    if list(data.classes) != ckpt["classes"]:
+        raise ImgclsError(
+            f"the model knows {len(ckpt['classes'])} classes ({', '.join(ckpt['classes'][:5])}...), {spec} has {data.num_classes} "
+            f"({', '.join(data.classes[:5])}...): evaluate on data with the classes the model was trained on"
+        )
+    if list(data.shape) != ckpt["in_shape"]:
+        shapes = "x".join(map(str, ckpt["in_shape"])), "x".join(map(str, data.shape))
+        raise ImgclsError(f"the model takes {shapes[0]} images, {spec} has {shapes[1]}: use data of the model's size")
+    return data
+
+
+def evaluate_checkpoint(
+    path: str | Path, spec: str | None = None, data_dir: str | None = None, split: str = "test", device: str = "auto", batch_size: int = 512
+) -> tuple[dict, Dataset, EvalResult]:
+    """Load a run's best checkpoint (or a .pt file) and evaluate it on one split of its data (or `spec`)."""
+    ckpt, where = checkpoint.load(path), pick_device(device)
+    model = load_model(ckpt, where)
+    data = checkpoint_data(ckpt, spec, data_dir)
+    mean, std = normalisation(ckpt, where)
+    return ckpt, data, evaluate(model, getattr(data, split), mean, std, data.num_classes, batch_size=batch_size)
 
 
 def format_per_class(per_class: dict[str, float | None], confusion: torch.Tensor) -> str:

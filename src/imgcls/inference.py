@@ -18,3 +18,11 @@ def load_model(ckpt: dict, device: torch.device | str = "cpu") -> nn.Module:
             "the file was edited or written by another version; retrain or use the run's own best.pt"
         ) from None
     return model.to(device).eval()
+
+
+def normalisation(ckpt: dict, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The checkpoint's mean and std as C x 1 x 1 tensors, ready to normalise a batch."""
+    return (
+        torch.tensor(ckpt["mean"], device=device).view(-1, 1, 1),
+        torch.tensor(ckpt["std"], device=device).view(-1, 1, 1),
+    )

@@ -48,6 +48,12 @@ def read_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
+def read_split(run_dir: Path) -> dict[str, list[str]] | None:
+    """The file-level split a folder run saved (split.json), or None for named datasets."""
+    path = Path(run_dir) / "split.json"
+    return read_json(path) if path.exists() else None
+
+
 def write_metrics(path: Path, history: list[dict]) -> None:
 
     buf = io.StringIO()
