@@ -212,3 +212,9 @@ def test_the_console_script_is_installed():
     script = Path(sys.executable).parent / "imgcls"
     result = subprocess.run([str(script), "--version"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and result.stdout.startswith("imgcls ")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_asking_for_a_missing_gpu_is_a_clear_error(capsys):
+    code, _, err = run_cli(capsys, "train", "--device", "cuda")
+    assert code == 2 and "no CUDA GPU is visible" in err

@@ -100,6 +100,17 @@ def test_mixed_sizes_are_resized_to_a_common_square(tmp_path, capsys):
     assert load_dataset(str(root), image_size=24).shape == (3, 24, 24)
 
 
+def test_large_images_are_scaled_down_unless_a_size_is_given(tmp_path, capsys):
+    root = make_folder(tmp_path / "d", per_class=6, size=(300, 400))
+    assert load_dataset(str(root)).shape == (3, 128, 128)
+    assert "are 400x300, large to hold in memory" in capsys.readouterr().err
+    assert load_dataset(str(root), image_size=200).shape == (3, 200, 200)
+
+
+def test_non_square_images_of_one_size_keep_their_shape(tmp_path):
+    assert load_dataset(str(make_folder(tmp_path / "d", per_class=6, size=(20, 36)))).shape == (3, 20, 36)
+
+
 def test_corrupt_and_non_image_files_are_skipped_and_listed(tmp_path):
     root = make_folder(tmp_path / "d", per_class=6)
     (root / "cat" / "notes.txt").write_text("not an image")

@@ -32,7 +32,10 @@ def _add_train(sub) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="[auto]")
     p.add_argument("--val-fraction", metavar="F", type=float, help="part of train held out for validation when there is no val split [0.1]")
     p.add_argument(
-        "--image-size", metavar="PX", type=int, help="resize folder images to this square size [native size if all agree, else 128]"
+        "--image-size",
+        metavar="PX",
+        type=int,
+        help="resize folder images to this square size [their own size if all share one up to 256 px, else 128]",
     )
     p.add_argument("--dropout", metavar="P", type=float, help="dropout probability (mlp)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="random augmentation of training batches [on]")

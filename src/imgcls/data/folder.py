@@ -26,7 +26,8 @@ from imgcls.paths import cache_dir
 SPLITS = ("train", "val", "test")
 FLAT_FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
 TEST_FRACTION = 0.2  # held out of train/ when a split folder has no test/
-DEFAULT_MIXED_SIZE = 128
+DEFAULT_SIZE = 128  # square side for folders of mixed or large image sizes
+MAX_NATIVE_SIZE = 256  # folders of one size up to this are kept at their own size
 CACHE_VERSION = 1
 CHUNK = 256  # files per thread-pool task
 
@@ -166,15 +167,16 @@ def _read_chunk(root: Path, channels: int, size: tuple[int, int], rels: list[str
 
 
 def _target_size(root: Path, sizes: Counter, image_size: int | None) -> tuple[int, int]:
+    """--image-size if given; else the images' own size when they all share one small enough to hold
+    in memory; else DEFAULT_SIZE square (a folder of phone photos would need gigabytes at full size)."""
     if image_size is not None:
         return image_size, image_size
-    if len(sizes) == 1:
+    if len(sizes) == 1 and max(next(iter(sizes))) <= MAX_NATIVE_SIZE:
         return next(iter(sizes))
-    print(
-        f"images in {root} have {len(sizes)} different sizes: resizing to {DEFAULT_MIXED_SIZE}x{DEFAULT_MIXED_SIZE} (set --image-size)",
-        file=sys.stderr,
-    )
-    return DEFAULT_MIXED_SIZE, DEFAULT_MIXED_SIZE
+    h, w = sizes.most_common(1)[0][0]
+    why = f"have {len(sizes)} different sizes" if len(sizes) > 1 else f"are {w}x{h}, large to hold in memory"
+    print(f"images in {root} {why}: resizing to {DEFAULT_SIZE}x{DEFAULT_SIZE} (set --image-size)", file=sys.stderr)
+    return DEFAULT_SIZE, DEFAULT_SIZE
 
 
 def decode(root: Path, rels: list[str], channels: int | None, image_size: int | None) -> dict:
