@@ -218,3 +218,12 @@ def test_the_console_script_is_installed():
 def test_asking_for_a_missing_gpu_is_a_clear_error(capsys):
     code, _, err = run_cli(capsys, "train", "--device", "cuda")
     assert code == 2 and "no CUDA GPU is visible" in err
+
+
+def test_resume_refuses_a_last_checkpoint_that_does_not_fit_its_model(trained_run, tmp_path, capsys):
+    ckpt = torch.load(trained_run[0] / "last.pt", weights_only=True)
+    ckpt["config"]["model"] = "lenet5"
+    (tmp_path / "edited").mkdir()
+    torch.save(ckpt, tmp_path / "edited" / "last.pt")
+    code, _, err = run_cli(capsys, "train", "--resume", tmp_path / "edited")
+    assert code == 2 and "does not fit model 'lenet5'" in err and "start a new run" in err

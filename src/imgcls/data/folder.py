@@ -260,7 +260,7 @@ def load_folder(
                 f"the run's split.json lists {len(missing)} files no longer readable in {root} (e.g. {missing[0]}): restore them or start a new run"
             )
         index = {s: torch.tensor([position[rel] for rel in split_files.get(s, [])], dtype=torch.long) for s in SPLITS}
-    for s in ("train", "val"):
+    for s in SPLITS:
         if len(index[s]) == 0:
             raise ImgclsError(f"{root} leaves no images for the {s} split: add more images per class")
     images = decoded["images"]
