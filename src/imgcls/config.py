@@ -4,6 +4,7 @@ from dataclasses import asdict, dataclass, fields
 
 from imgcls.data.augment import Augment
 from imgcls.data.core import Dataset
+from imgcls.device import pick_device
 from imgcls.errors import ImgclsError
 from imgcls.models import MODELS, get_model_info, model_options
 
@@ -59,6 +60,7 @@ class TrainConfig:
 def check(cfg: TrainConfig) -> None:
     """Reject values no run can use, before any data is loaded."""
     get_model_info(cfg.model)
+    pick_device(cfg.device)
     if cfg.optimizer not in OPTIMIZERS:
         raise ImgclsError(f"unknown optimizer '{cfg.optimizer}': choose one of {', '.join(OPTIMIZERS)}")
     if cfg.schedule not in SCHEDULES:

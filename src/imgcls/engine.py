@@ -26,7 +26,7 @@ from imgcls.errors import ImgclsError
 from imgcls.evaluation import EvalResult, evaluate, write_confusion_csv
 from imgcls.interrupt import CtrlC
 from imgcls.models import create_model, get_model_info, num_params
-from imgcls.runs import new_run_dir, read_split, write_json, write_metrics
+from imgcls.runs import new_run_dir, read_split, write_json, write_metrics, write_text
 
 SYNC_EVERY = 10  # steps between reading statistics back from the device (and checking for NaN)
 LOG_EVERY = 60.0  # seconds between progress lines when there is no terminal for a progress bar
@@ -349,14 +349,13 @@ def _record_data(data: Dataset, run_dir: Path) -> None:
     if data.split_files is not None:
         write_json(run_dir / "split.json", data.split_files)
     if data.skipped:
-        (run_dir / "skipped_files.txt").write_text("\n".join(data.skipped) + "\n")
+        write_text(run_dir / "skipped_files.txt", "\n".join(data.skipped) + "\n")
         print(f"skipped {len(data.skipped)} unreadable files (listed in {run_dir / 'skipped_files.txt'})", file=sys.stderr)
 
 
 def train(cfg: TrainConfig, out: str | None = None, on_step=None) -> tuple[Path, dict]:
     """A new run: load data, fill defaults, write the run folder, train, test."""
     check(cfg)
-    pick_device(cfg.device)
     data = _load_data(cfg)
     cfg = fill_defaults(cfg, data)
     run_dir = new_run_dir(dataset_name(cfg.data), cfg.model, out)

@@ -3,10 +3,9 @@
 import csv
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from imgcls.checkpoint import atomic_write
 from imgcls.errors import ImgclsError
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
@@ -34,10 +33,7 @@ def new_run_dir(dataset: str, model: str, out: str | None, root: str = "runs") -
 
 def write_text(path: Path, text: str) -> None:
     """Atomic text write, so a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def write_json(path: Path, data) -> None:
