@@ -5,15 +5,19 @@ import torch
 
 from conftest import tiny_dataset
 from imgcls import checkpoint
+from imgcls import device as device_module
 from imgcls import engine as engine_module
 from imgcls.config import TrainConfig, fill_defaults
 from imgcls.data.core import Dataset
+from imgcls.device import amp_dtype
 from imgcls.engine import Interrupted, Trainer, batches_per_epoch
 from imgcls.errors import ImgclsError
+from imgcls.evaluation import predict_logits
+from imgcls.models import create_model
 
 
 def trainer_for(tmp_path, data: Dataset, name="run", **cfg) -> Trainer:
-    config = fill_defaults(TrainConfig(**{"model": "cnn", "epochs": 3, "batch_size": 16, "device": "cpu", **cfg}), data)
+    config = fill_defaults(TrainConfig(**{"model": "cnn", "optimizer": "adamw", "epochs": 3, "batch_size": 16, "device": "cpu", **cfg}), data)
     (tmp_path / name).mkdir(exist_ok=True)
     return Trainer(config, data, tmp_path / name)
 
@@ -123,9 +127,9 @@ def test_every_optimizer_and_schedule_trains(tmp_path, optimizer, schedule):
 
 def test_cuda_code_paths_run_on_cpu(tmp_path, monkeypatch):
     """AMP autocast and channels_last are what a GPU run uses; bf16 autocast and channels_last also work on CPU."""
-    monkeypatch.setattr(engine_module, "amp_dtype", lambda device: torch.bfloat16)
     monkeypatch.setattr(engine_module, "use_channels_last", lambda device, conv: True)
-    trainer = trainer_for(tmp_path, tiny_dataset(n_train=256), epochs=3)
+    trainer = trainer_for(tmp_path, tiny_dataset(n_train=256), epochs=3, precision="bf16")
+    assert trainer.amp == torch.bfloat16
     assert trainer.model.conv2.weight.is_contiguous(memory_format=torch.channels_last)
     assert not trainer.model.conv2.weight.is_contiguous()
     summary = trainer.fit()
@@ -147,3 +151,32 @@ def test_without_a_terminal_progress_is_logged_as_plain_lines(tmp_path, monkeypa
     lines = [line for line in capsys.readouterr().out.splitlines() if " step " in line]
     assert [line.split()[3] for line in lines] == ["10/20", "20/20"]
     assert all("img/s" in line and "loss" in line for line in lines)
+
+
+def test_precision_setting_picks_the_autocast_dtype(monkeypatch):
+    cpu = torch.device("cpu")
+    assert amp_dtype(cpu, "fp32") is None and amp_dtype(cpu, "bf16") == torch.bfloat16 and amp_dtype(cpu, "fp16") == torch.float16
+    monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: True)
+    assert amp_dtype(cpu, "auto") == torch.bfloat16
+    monkeypatch.setattr(device_module, "cpu_has_bf16", lambda: False)
+    assert amp_dtype(cpu, "auto") is None  # emulated bf16 is slower than fp32
+
+
+def test_flip_tta_averages_the_logits_of_each_image_and_its_mirror():
+    torch.manual_seed(0)
+    model = create_model("cnn", (3, 16, 16), 4).eval()
+    images = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
+    mean, std = torch.full((3, 1, 1), 0.5), torch.full((3, 1, 1), 0.25)
+    plain, mirrored = predict_logits(model, images, mean, std), predict_logits(model, images.flip(3), mean, std)
+    assert torch.allclose(predict_logits(model, images, mean, std, tta=True), (plain + mirrored) / 2, atol=1e-6)
+    assert not torch.allclose(plain, mirrored)
+
+
+def test_compiled_training_saves_the_plain_models_weights(tmp_path):
+    """torch.compile is the GPU recipe's option; its code path is the same on CPU."""
+    trainer = trainer_for(tmp_path, tiny_dataset(n_train=64), model="mlp", epochs=1, compile=True)
+    assert trainer.forward is not trainer.model
+    summary = trainer.fit()
+    assert math.isfinite(summary["test_loss"])
+    weights = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["state_dict"]
+    assert set(weights) == set(create_model("mlp", (1, 12, 12), 3).state_dict())  # no "_orig_mod." prefixes

@@ -19,14 +19,15 @@ def _add_train(sub) -> None:
     # Every default is None so that the config layer (and --resume) can tell what the user set.
     p.add_argument("--data", metavar="NAME|PATH", help="dataset name (see `imgcls datasets`) or an image folder path [mnist-sample]")
     p.add_argument("--data-dir", metavar="DIR", help="where named datasets live [$IMGCLS_DATA or a per-user cache folder]")
-    p.add_argument("--model", metavar="NAME", help="model name (see `imgcls models`) [cnn]")
-    p.add_argument("--epochs", metavar="N", type=int, help="epochs to train [per dataset: mnist-sample 10, mnist 5, cifar and folders 20]")
-    p.add_argument("--batch-size", metavar="N", type=int, help="images per step [128]")
-    p.add_argument("--lr", metavar="LR", type=float, help="(peak) learning rate [sgd 0.05, adam/adamw 0.004]")
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="sgd is SGD with Nesterov momentum 0.9 [adamw]")
-    p.add_argument("--weight-decay", metavar="WD", type=float, help="[sgd 5e-4, adam 0, adamw 0.01]")
-    p.add_argument("--schedule", choices=["cosine", "onecycle", "step", "none"], help="learning-rate schedule [onecycle]")
-    p.add_argument("--label-smoothing", metavar="EPS", type=float, help="[0]")
+    p.add_argument("--recipe", choices=["fast", "accurate"], help="tuned settings for every option left unset (see README) [fast]")
+    p.add_argument("--model", metavar="NAME", help="model name (see `imgcls models`) [recipe: digitnet for digits, speednet otherwise]")
+    p.add_argument("--epochs", metavar="N", type=int, help="epochs to train [recipe: sized by the number of training images]")
+    p.add_argument("--batch-size", metavar="N", type=int, help="images per step [recipe: digits 256, small images 512, large 64]")
+    p.add_argument("--lr", metavar="LR", type=float, help="(peak) learning rate [recipe; another optimizer: sgd 0.05, adam/adamw 0.004]")
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="sgd is SGD with Nesterov momentum 0.9 [recipe: sgd]")
+    p.add_argument("--weight-decay", metavar="WD", type=float, help="[recipe: 5e-4; another optimizer: sgd 5e-4, adam 0, adamw 0.01]")
+    p.add_argument("--schedule", choices=["cosine", "onecycle", "step", "none"], help="learning-rate schedule [recipe: onecycle]")
+    p.add_argument("--label-smoothing", metavar="EPS", type=float, help="[recipe: digits 0, others 0.2]")
     p.add_argument("--patience", metavar="N", type=int, help="stop after this many epochs without a better val accuracy; 0 = off [0]")
     p.add_argument("--seed", metavar="N", type=int, help="seed for init, splits, order and augmentation [0]")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="[auto]")
@@ -39,11 +40,21 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--dropout", metavar="P", type=float, help="dropout probability (mlp)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="random augmentation of training batches [on]")
-    p.add_argument(
-        "--crop-padding", metavar="PX", type=int, help="random shifts of up to this many pixels [digits 2, others 1/8 of the side]"
-    )
+    p.add_argument("--crop-padding", metavar="PX", type=int, help="random shifts of up to this many pixels [recipe]")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, help="random horizontal flips [on, off for digits and greyscale]")
-    p.add_argument("--rotate", metavar="DEG", type=float, help="random rotation range in degrees [digits 5, others 0]")
+    p.add_argument("--rotate", metavar="DEG", type=float, help="random rotation range in degrees [recipe: accurate digits 5, else 0]")
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        help="evaluate on each image and its mirror image [on where flips are, off for digits]",
+    )
+    p.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16", "fp16"],
+        help="autocast dtype [auto: bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX), fp16 on older GPUs, else fp32]",
+    )  # fmt: skip
+    p.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (pays off on GPUs for long runs) [off]"
+    )
     p.add_argument("--out", metavar="DIR", help="run folder [runs/<dataset>-<model>-<n>]")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (its folder or last.pt) with its saved settings")
     p.set_defaults(func=cmd_train)
@@ -84,8 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 TRAIN_KEYS = [
-    "data", "data_dir", "model", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "label_smoothing",
+    "data", "data_dir", "recipe", "model", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "label_smoothing",
     "patience", "seed", "device", "val_fraction", "image_size", "dropout", "augment", "crop_padding", "flip", "rotate",
+    "tta", "precision", "compile",
 ]  # fmt: skip
 
 

@@ -7,28 +7,31 @@ from imgcls.data.core import Dataset
 from imgcls.device import pick_device
 from imgcls.errors import ImgclsError
 from imgcls.models import MODELS, get_model_info, model_options
+from imgcls.recipes import RECIPES, recipe_settings
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "onecycle", "step", "none")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# For an optimizer other than the recipe's, whose tuned lr and decay would not fit it.
 DEFAULT_LR = {"sgd": 0.05, "adam": 4e-3, "adamw": 4e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.01}
-DEFAULT_EPOCHS = {"mnist-sample": 10, "mnist": 5, "cifar10": 20, "cifar2": 20}
-FOLDER_EPOCHS = 20
 
 
 @dataclass
 class TrainConfig:
+    # None means "unset": fill_defaults takes the value from the recipe for this data.
     data: str = "mnist-sample"
     data_dir: str | None = None
-    model: str = "cnn"
+    recipe: str = "fast"
+    model: str | None = None
     epochs: int | None = None
-    batch_size: int = 128
+    batch_size: int | None = None
     lr: float | None = None
-    optimizer: str = "adamw"
+    optimizer: str | None = None
     momentum: float = 0.9
     weight_decay: float | None = None
-    schedule: str = "onecycle"
-    label_smoothing: float = 0.0
+    schedule: str | None = None
+    label_smoothing: float | None = None
     patience: int = 0  # epochs without a better val accuracy before stopping; 0 = never stop early
     seed: int = 0
     device: str = "auto"
@@ -39,6 +42,9 @@ class TrainConfig:
     crop_padding: int | None = None
     flip: bool | None = None
     rotate: float | None = None
+    tta: bool | None = None  # evaluate on each image and its mirror image, averaging the logits
+    precision: str = "auto"  # auto: bf16 autocast on GPUs and on CPUs with native bf16, else fp32
+    compile: bool = False  # torch.compile the model for training
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,12 +65,18 @@ class TrainConfig:
 
 def check(cfg: TrainConfig) -> None:
     """Reject values no run can use, before any data is loaded."""
-    get_model_info(cfg.model)
+    if cfg.recipe not in RECIPES:
+        raise ImgclsError(f"unknown recipe '{cfg.recipe}': choose one of {', '.join(RECIPES)}")
+    if cfg.model is not None:
+        get_model_info(cfg.model)
     pick_device(cfg.device)
-    if cfg.optimizer not in OPTIMIZERS:
-        raise ImgclsError(f"unknown optimizer '{cfg.optimizer}': choose one of {', '.join(OPTIMIZERS)}")
-    if cfg.schedule not in SCHEDULES:
-        raise ImgclsError(f"unknown schedule '{cfg.schedule}': choose one of {', '.join(SCHEDULES)}")
+    for name, value, choices in (
+        ("optimizer", cfg.optimizer, OPTIMIZERS),
+        ("schedule", cfg.schedule, SCHEDULES),
+        ("precision", cfg.precision, PRECISIONS),
+    ):
+        if value is not None and value not in choices:
+            raise ImgclsError(f"unknown {name} '{value}': choose one of {', '.join(choices)}")
     for name, low in (("epochs", 1), ("batch_size", 1), ("patience", 0)):
         value = getattr(cfg, name)
         if value is not None and value < low:
@@ -73,27 +85,23 @@ def check(cfg: TrainConfig) -> None:
         raise ImgclsError(f"--lr must be positive, got {cfg.lr}")
     if not 0 < cfg.val_fraction < 1:
         raise ImgclsError(f"--val-fraction must be between 0 and 1, got {cfg.val_fraction}")
-    if not 0 <= cfg.label_smoothing < 1:
+    if cfg.label_smoothing is not None and not 0 <= cfg.label_smoothing < 1:
         raise ImgclsError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
-    if cfg.dropout is not None and "dropout" not in model_options(cfg.model):
+    if cfg.dropout is not None and cfg.model is not None and "dropout" not in model_options(cfg.model):
         with_dropout = [name for name in MODELS if "dropout" in model_options(name)]
         raise ImgclsError(f"--dropout applies to: {', '.join(with_dropout)}; model '{cfg.model}' has no dropout option")
 
 
 def fill_defaults(cfg: TrainConfig, data: Dataset) -> TrainConfig:
-    """Defaults that depend on the data: epochs, learning rate and decay, and augmentation."""
-    values = cfg.to_dict()
-    if cfg.epochs is None:
-        values["epochs"] = DEFAULT_EPOCHS.get(cfg.data, FOLDER_EPOCHS)
-    if cfg.lr is None:
-        values["lr"] = DEFAULT_LR[cfg.optimizer]
-    if cfg.weight_decay is None:
-        values["weight_decay"] = DEFAULT_WEIGHT_DECAY[cfg.optimizer]
-    side = min(data.shape[1:])
-    if cfg.crop_padding is None:
-        values["crop_padding"] = max(1, side // 14) if not data.flips_ok else max(1, side // 8)  # MNIST: 2 px, CIFAR: 4 px
-    if cfg.flip is None:
-        values["flip"] = data.flips_ok
-    if cfg.rotate is None:
-        values["rotate"] = 5.0 if not data.flips_ok else 0.0
-    return TrainConfig.from_dict(values)
+    """Every unset option from the recipe's settings for this data; lr and weight decay follow the
+    optimizer when the user picked another one than the recipe's."""
+    values, recipe = cfg.to_dict(), recipe_settings(cfg.recipe, data)
+    own_optimizer = cfg.optimizer is not None and cfg.optimizer != recipe["optimizer"]
+    if own_optimizer:
+        recipe.update(lr=DEFAULT_LR[cfg.optimizer], weight_decay=DEFAULT_WEIGHT_DECAY[cfg.optimizer])
+    for key, value in recipe.items():
+        if values[key] is None:
+            values[key] = value
+    filled = TrainConfig.from_dict(values)
+    check(filled)  # again, now that the model is known
+    return filled

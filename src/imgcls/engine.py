@@ -92,12 +92,14 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, data: Dataset, run_dir: Path, on_step: Callable[["Trainer"], None] | None = None):
         self.cfg, self.data, self.run_dir, self.on_step = cfg, data, Path(run_dir), on_step
         self.device = pick_device(cfg.device)
-        self.amp = amp_dtype(self.device)
+        self.amp = amp_dtype(self.device, cfg.precision)
         self.channels_last = use_channels_last(self.device, get_model_info(cfg.model).convolutional)
         torch.manual_seed(cfg.seed)
         self.model = create_model(cfg.model, data.shape, data.num_classes, **cfg.model_options()).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        # The compiled module shares parameters with self.model, which stays the one saved and evaluated.
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.optimizer = make_optimizer(cfg, self.model)
         self.steps_per_epoch = batches_per_epoch(len(data.train), cfg.batch_size)
         self.scheduler, self.schedule_per_step = make_schedule(cfg, self.optimizer, self.steps_per_epoch)
@@ -170,7 +172,9 @@ class Trainer:
         self.stop_requested = True
 
     def _eval(self, split: Split) -> EvalResult:
-        return evaluate(self.model, split, self.mean, self.std, self.data.num_classes, amp=self.amp, channels_last=self.channels_last)
+        return evaluate(
+            self.model, split, self.mean, self.std, self.data.num_classes, amp=self.amp, channels_last=self.channels_last, tta=self.cfg.tta
+        )
 
     def train_epoch(self) -> None:
         cfg, p = self.cfg, self.progress
@@ -189,7 +193,7 @@ class Trainer:
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with autocast(self.device, self.amp):
-                    logits = self.model(x)
+                    logits = self.forward(x)
                     loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.scaler.scale(loss).backward()
@@ -334,8 +338,10 @@ def _describe(cfg: TrainConfig, data: Dataset, trainer: Trainer) -> str:
     return (
         f"data {data.name}: {len(data.train):,} train / {len(data.val):,} val / {len(data.test):,} test, {shape}, {data.num_classes} classes\n"
         f"model {cfg.model}: {num_params(trainer.model):,} params on {trainer.device}"
-        f"{' (AMP ' + str(trainer.amp).removeprefix('torch.') + ')' if trainer.amp else ''}\n"
-        f"{cfg.optimizer} lr {cfg.lr:g} wd {cfg.weight_decay:g}, {cfg.schedule} schedule, batch {cfg.batch_size}, {cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, augment: {cfg.augmentation().describe()}"
+        f"{' (AMP ' + str(trainer.amp).removeprefix('torch.') + ')' if trainer.amp else ''}{', compiled' if cfg.compile else ''}\n"
+        f"recipe {cfg.recipe}: {cfg.optimizer} lr {cfg.lr:g} wd {cfg.weight_decay:g}, {cfg.schedule} schedule, batch {cfg.batch_size}, "
+        f"{cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, label smoothing {cfg.label_smoothing:g}, augment: {cfg.augmentation().describe()}"
+        f"{', flip TTA' if cfg.tta else ''}"
     )
 
 

@@ -39,8 +39,10 @@ def predict_logits(
     batch_size: int = 1024,
     amp: torch.dtype | None = None,
     channels_last: bool = False,
+    tta: bool = False,
 ) -> torch.Tensor:
-    """Float32 logits for uint8 images, batch by batch on the model's device."""
+    """Float32 logits for uint8 images, batch by batch on the model's device; with `tta`, the mean of
+    the logits of each image and its mirror image (for data where flips keep the class)."""
     device = mean.device
     model.eval()
     out = []
@@ -49,7 +51,10 @@ def predict_logits(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
-            out.append(model(x).float())
+            logits = model(x).float()
+            if tta:
+                logits = (logits + model(x.flip(3)).float()) / 2
+        out.append(logits)
     return torch.cat(out) if out else torch.empty(0)
 
 
@@ -98,7 +103,8 @@ def evaluate_checkpoint(
     model = load_model(ckpt, where)
     data = checkpoint_data(ckpt, spec, data_dir)
     mean, std = normalisation(ckpt, where)
-    return ckpt, data, evaluate(model, getattr(data, split), mean, std, data.num_classes, batch_size=batch_size)
+    tta = bool(ckpt["config"].get("tta"))  # evaluate as the run did
+    return ckpt, data, evaluate(model, getattr(data, split), mean, std, data.num_classes, batch_size=batch_size, tta=tta)
 
 
 def format_per_class(per_class: dict[str, float | None], confusion: torch.Tensor) -> str:

@@ -1,0 +1,75 @@
+"""Recipes: tuned training settings per kind of data, applied to every option the user leaves unset.
+
+`fast` (the default) gets to a good model in the least time; `accurate` trains longer with more
+augmentation for the last fraction of a percent. Each recipe sizes its training by the number of
+images to show, so a 9,000-image folder gets more epochs than 54,000 MNIST digits.
+The figures behind these settings are in bench/RESULTS.md.
+"""
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from imgcls.data.core import Dataset
+from imgcls.errors import ImgclsError
+
+MAX_EPOCHS = 100
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    description: str
+    settings: Callable[[Dataset], dict]  # data -> TrainConfig values
+
+
+RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(name: str, description: str):
+    def wrap(fn):
+        RECIPES[name] = Recipe(name, description, fn)
+        return fn
+
+    return wrap
+
+
+def data_kind(data: Dataset) -> str:
+    """digits (no flips, small), small (colour up to 64 px, CIFAR-like) or large (photos)."""
+    side = min(data.shape[1:])
+    if not data.flips_ok and side <= 32:
+        return "digits"
+    return "small" if side <= 64 else "large"
+
+
+def epochs_for(images: int, train_size: int, least: int = 1) -> int:
+    """Epochs that show about `images` training images."""
+    return max(least, min(MAX_EPOCHS, math.ceil(images / max(train_size, 1))))
+
+
+@register_recipe("fast", "least time to a good model: digitnet/speednet, SGD-Nesterov one-cycle, short schedules")
+def fast(data: Dataset) -> dict:
+    kind, n = data_kind(data), len(data.train)
+    if kind == "digits":
+        return dict(model="digitnet", epochs=epochs_for(108_000, n, 2), batch_size=256, optimizer="sgd", lr=0.1, weight_decay=5e-4,
+                    schedule="onecycle", label_smoothing=0.0, crop_padding=0, flip=False, rotate=0.0, tta=False)  # fmt: skip
+    return dict(model="speednet", epochs=epochs_for(450_000 if kind == "small" else 120_000, n, 4), batch_size=512 if kind == "small" else 64,
+                optimizer="sgd", lr=0.2, weight_decay=5e-4, schedule="onecycle", label_smoothing=0.2,
+                crop_padding=2 if kind == "small" else min(data.shape[1:]) // 16, flip=True, rotate=0.0, tta=True)  # fmt: skip
+
+
+@register_recipe("accurate", "the last fraction of a percent: the fast recipe trained 3x longer with more augmentation")
+def accurate(data: Dataset) -> dict:
+    settings = fast(data)
+    settings["epochs"] = min(MAX_EPOCHS, settings["epochs"] * 3)
+    if data_kind(data) == "digits":
+        settings.update(crop_padding=2, rotate=5.0)
+    else:
+        settings.update(crop_padding=min(data.shape[1:]) // 8)
+    return settings
+
+
+def recipe_settings(name: str, data: Dataset) -> dict:
+    if name not in RECIPES:
+        raise ImgclsError(f"unknown recipe '{name}': choose one of {', '.join(RECIPES)}")
+    return RECIPES[name].settings(data)

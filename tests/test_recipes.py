@@ -1,0 +1,78 @@
+import pytest
+import torch
+
+from imgcls.config import DEFAULT_LR, TrainConfig, fill_defaults
+from imgcls.data.core import Dataset, Split
+from imgcls.errors import ImgclsError
+from imgcls.recipes import RECIPES, data_kind, epochs_for
+
+
+def shaped(n_train: int, shape: tuple[int, int, int], flips_ok: bool) -> Dataset:
+    """Recipes look only at the image shape, the training-set size and whether flips are allowed."""
+    split = Split(torch.zeros(1, *shape, dtype=torch.uint8).expand(n_train, *shape), torch.zeros(n_train, dtype=torch.long))
+    return Dataset("shaped", [str(i) for i in range(10)], split, split, split, (0.5,) * shape[0], (0.25,) * shape[0], flips_ok)
+
+
+def digits(n_train=9000):
+    return shaped(n_train, (1, 28, 28), flips_ok=False)
+
+
+def colour(n_train=45000, side=32):
+    return shaped(n_train, (3, side, side), flips_ok=True)
+
+
+def test_data_kinds():
+    assert data_kind(digits()) == "digits"
+    assert data_kind(colour()) == "small"
+    assert data_kind(colour(n_train=8, side=128)) == "large"
+
+
+def test_fast_recipe_is_the_default_and_sizes_epochs_by_images_shown():
+    small, full = fill_defaults(TrainConfig(), digits(9000)), fill_defaults(TrainConfig(), digits(54000))
+    assert small.recipe == full.recipe == "fast"
+    assert small.model == full.model == "digitnet" and small.optimizer == "sgd"
+    assert full.epochs == 2 and small.epochs == 12  # the same number of images seen
+    assert not small.flip and not small.tta  # a mirrored digit is another digit
+    cifar = fill_defaults(TrainConfig(), colour())
+    assert cifar.model == "speednet" and cifar.flip and cifar.tta and cifar.label_smoothing > 0 and cifar.epochs == 10
+
+
+def test_accurate_recipe_trains_longer_with_more_augmentation():
+    fast, accurate = (fill_defaults(TrainConfig(recipe=r), digits(54000)) for r in ("fast", "accurate"))
+    assert accurate.epochs > fast.epochs
+    assert accurate.crop_padding > fast.crop_padding and accurate.rotate > 0
+
+
+def test_options_the_user_set_win_over_the_recipe():
+    cfg = fill_defaults(TrainConfig(model="cnn", epochs=3, batch_size=32, lr=0.01, tta=True, label_smoothing=0.0), colour())
+    assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.lr, cfg.tta, cfg.label_smoothing) == ("cnn", 3, 32, 0.01, True, 0.0)
+
+
+def test_another_optimizer_gets_its_own_learning_rate_and_decay():
+    cfg = fill_defaults(TrainConfig(optimizer="adamw"), digits())
+    assert cfg.lr == DEFAULT_LR["adamw"] and cfg.weight_decay == 0.01
+
+
+def test_every_recipe_gives_a_complete_config():
+    for name in RECIPES:
+        for data in (digits(), colour(), colour(n_train=8, side=128)):
+            cfg = fill_defaults(TrainConfig(recipe=name), data)
+            assert None not in (cfg.model, cfg.epochs, cfg.batch_size, cfg.lr, cfg.optimizer, cfg.schedule, cfg.label_smoothing, cfg.tta)
+
+
+def test_epochs_are_bounded():
+    assert epochs_for(10**9, 10) == 100 and epochs_for(1, 10**6, least=2) == 2
+
+
+@pytest.mark.parametrize(
+    "cfg,message",
+    [(TrainConfig(recipe="slow"), "unknown recipe 'slow'"), (TrainConfig(precision="fp8"), "unknown precision 'fp8'")],
+)
+def test_bad_recipe_or_precision_is_one_clear_error(cfg, message):
+    with pytest.raises(ImgclsError, match=message):
+        fill_defaults(cfg, digits())
+
+
+def test_dropout_with_the_recipe_model_is_refused_before_training():
+    with pytest.raises(ImgclsError, match="--dropout applies to: mlp; model 'digitnet'"):
+        fill_defaults(TrainConfig(dropout=0.3), digits())
