@@ -189,7 +189,7 @@ def predictions_figure(images: torch.Tensor, probs: torch.Tensor, classes: Seque
     n, k = len(images), min(top_k, len(classes))
     cols = 1 if n <= 3 else 2 if n <= 8 else 4
     rows = -(-n // cols)
-    row_height = max(1.7, 0.28 * k + 0.8)
+    row_height = max(2.0, 0.28 * k + 0.9)
     fig = Figure(figsize=(cols * 5.2, rows * row_height), layout="constrained")
     grid = fig.add_gridspec(rows, 2 * cols, width_ratios=[1.6, 3.6] * cols)
     for i in range(n):
@@ -221,9 +221,9 @@ def plot_predictions(images: torch.Tensor, probs: torch.Tensor, classes: Sequenc
 PREVIEW_ROWS = 25  # classes per column block of the preview
 
 
-def mosaic(images: torch.Tensor, columns: int, pad: int = 2) -> np.ndarray:
-    """Up to `columns` images side by side as one H x W x 3 uint8 array, white between and after them."""
-    c, h, w = images.shape[1:] if len(images) else (3, 1, 1)
+def mosaic(images: torch.Tensor, columns: int, shape: Sequence[int], pad: int = 2) -> np.ndarray:
+    """Up to `columns` images of `shape` (C, H, W) side by side as one H x W x 3 uint8 array, white between and after them."""
+    h, w = shape[1:]
     out = np.full((h, columns * (w + pad), 3), 255, dtype=np.uint8)
     for i, image in enumerate(images[:columns]):
         out[:, i * (w + pad) : i * (w + pad) + w] = image.expand(3, h, w).permute(1, 2, 0).numpy()
@@ -234,7 +234,7 @@ def preview_figure(images: torch.Tensor, labels: torch.Tensor, classes: Sequence
     """One row of sample images per class, with the class name and its image count; many classes wrap into blocks."""
     k = len(classes)
     counts = torch.bincount(labels, minlength=k).tolist()
-    rows = [mosaic(images[labels == i][:per_class], per_class) for i in range(k)]
+    rows = [mosaic(images[labels == i][:per_class], per_class, images.shape[1:]) for i in range(k)]
     blocks = -(-k // PREVIEW_ROWS)
     per_block = -(-k // blocks)
     name_width = 0.07 * max(len(short(c, 20)) + len(f" ({n:,})") for c, n in zip(classes, counts)) + 0.3
