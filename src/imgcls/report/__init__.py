@@ -61,7 +61,11 @@ def write_report(
     }
     for name, figure in figures.items():  # one figure alive at a time
         plots.save(figure(), run_dir / name)
-    test = {"accuracy": (predictions == labels).float().mean().item(), "loss": losses_of(log_probs, labels).mean().item()}
+    test = {
+        "accuracy": (predictions == labels).float().mean().item(),
+        "loss": losses_of(log_probs, labels).mean().item(),
+        "images": len(labels),
+    }
     page = html.render(run_dir, PLOTS, config, summary, test, confusion, classes, history)
     path = run_dir / "report.html"
     write_text(path, page)

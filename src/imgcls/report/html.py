@@ -31,9 +31,8 @@ def _image(path: Path, alt: str) -> str:
 
 
 def _figures(summary: dict, test: dict) -> list[tuple[str, str]]:
-    shown = [("test accuracy", f"{test['accuracy']:.2%}"), ("test loss", f"{test['loss']:.4f}")]
+    shown = [("test accuracy", f"{test['accuracy']:.2%}"), ("test loss", f"{test['loss']:.4f}"), ("test images", f"{test['images']:,}")]
     known = [
-        ("test_images", "test images", "{:,}"),
         ("best_val_accuracy", "best val accuracy", "{:.2%}"),
         ("best_epoch", "best epoch", "{}"),
         ("epochs_run", "epochs run", "{}"),
@@ -55,7 +54,7 @@ def render(
     classes: list[str],
     history: list[dict],
 ) -> str:
-    """The page; `plots` maps each PNG in run_dir to its heading, `test` holds this report's test accuracy and loss."""
+    """The page; `plots` maps each PNG in run_dir to its heading, `test` holds this report's test accuracy, loss and image count."""
     title = f"imgcls report: {run_dir.name}"
     about = ", ".join(f"{k} {config[k]}" for k in ("data", "model") if k in config)
     figures = "".join(f'<div class="figure">{escape(label)}<b>{escape(value)}</b></div>' for label, value in _figures(summary, test))
