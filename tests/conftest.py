@@ -15,13 +15,15 @@ needs_shared_data = pytest.mark.skipif(
 
 
 @pytest.fixture(autouse=True)
-def isolated(tmp_path, monkeypatch):
+def isolated(tmp_path, monkeypatch, request):
     """Every test runs offline, in its own folder, with its own data dir and cache."""
     monkeypatch.setenv("IMGCLS_OFFLINE", "1")
     monkeypatch.setenv("IMGCLS_DATA", str(tmp_path / "data"))
     monkeypatch.setenv("IMGCLS_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     torch.set_num_threads(os.cpu_count() or 1)
+    if request.node.get_closest_marker("report") is None:  # drawing plots after each of dozens of test runs costs a minute
+        monkeypatch.setattr("imgcls.report.write_report", lambda *args, **kwargs: None)
 
 
 def make_folder(root: Path, classes=("cat", "dog"), per_class=12, size=(16, 16), mode="RGB", ext="png", seed=0) -> Path:

@@ -1,4 +1,4 @@
-"""The `imgcls` command line: train, evaluate, datasets, models."""
+"""The `imgcls` command line: train, evaluate, report, datasets, models."""
 
 import argparse
 import os
@@ -57,6 +57,16 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--out", metavar="DIR", help="run folder [runs/<dataset>-<model>-<n>]")
     p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (its folder or last.pt) with its saved settings")
+    p.add_argument(
+        "--tensorboard", action="store_true", help="log live curves and sample images to RUN/tensorboard (needs imgcls[tensorboard])"
+    )
+    p.add_argument(
+        "--visdom",
+        metavar="URL",
+        nargs="?",
+        const="http://localhost:8097",
+        help="plot live curves on a Visdom server [http://localhost:8097]",
+    )
     p.set_defaults(func=cmd_train)
 
 
@@ -72,8 +82,21 @@ def _add_evaluate(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
 
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="(re)draw a run's plots and report.html from its best checkpoint")
+    p.add_argument("run", metavar="RUN", help="a run folder made by `imgcls train`")
+    p.add_argument("--data-dir", metavar="DIR", help="where named datasets live")
+    p.add_argument("--batch-size", metavar="N", type=int, default=512)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
+    p.set_defaults(func=cmd_report)
+
+
 def _add_datasets(sub) -> None:
-    p = sub.add_parser("datasets", help="list the named datasets")
+    p = sub.add_parser("datasets", help="list the named datasets, or --show one: class counts and a grid of samples")
+    p.add_argument("--show", metavar="NAME|PATH", help="print this dataset's class counts and save a grid of samples per class")
+    p.add_argument("--data-dir", metavar="DIR", help="where named datasets live")
+    p.add_argument("--per-class", metavar="N", type=int, default=8, help="sample images per class in the grid [8]")
+    p.add_argument("--out", metavar="FILE", help="where to save the grid [<dataset>-samples.png]")
     p.set_defaults(func=cmd_datasets)
 
 
@@ -89,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgcls", description="Fast, batteries-included image classification on PyTorch.")
     parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_train, _add_evaluate, _add_datasets, _add_models):
+    for add in (_add_train, _add_evaluate, _add_report, _add_datasets, _add_models):
         add(sub)
     return parser
 
@@ -106,25 +129,44 @@ def cmd_train(args) -> int:
     from imgcls.engine import Interrupted, resume, train
 
     given = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k) is not None}
+    loggers = _loggers(args)
     try:
         if args.resume:
             if given or args.out:
                 flags = ", ".join("--" + k.replace("_", "-") for k in [*given, *(["out"] if args.out else [])])
                 raise ImgclsError(f"--resume continues with the run's saved settings: drop {flags}")
-            run_dir, summary = resume(args.resume)
+            run_dir, summary = resume(args.resume, loggers=loggers)
         else:
-            run_dir, summary = train(TrainConfig(**given), out=args.out)
+            run_dir, summary = train(TrainConfig(**given), out=args.out, loggers=loggers)
     except Interrupted as stop:
         print(
             f"\ninterrupted: progress saved in {stop.run_dir / 'last.pt'}\nresume with: imgcls train --resume {stop.run_dir}",
             file=sys.stderr,
         )
         return 130
+    finally:
+        for logger in loggers:
+            logger.close()
     print(
         f"test accuracy {summary['test_accuracy']:.2%} (loss {summary['test_loss']:.4f}) with the best epoch "
         f"{summary['best_epoch']} (val {summary['best_val_accuracy']:.2%}); {summary['epochs_run']} epoch{'s' * (summary['epochs_run'] != 1)} in {summary['train_seconds']:.1f}s\n"
-        f"saved to {run_dir}"
+        f"saved to {run_dir}, plots in {run_dir / 'report.html'}"
     )
+    return 0
+
+
+def _loggers(args) -> list:
+    """Live loggers, created before training so a missing package or server is reported at once."""
+    from imgcls.loggers import TensorBoardLogger, VisdomLogger
+
+    return [*([TensorBoardLogger()] if args.tensorboard else []), *([VisdomLogger(args.visdom)] if args.visdom else [])]
+
+
+def cmd_report(args) -> int:
+    from imgcls.report import PLOTS, report_run
+
+    path = report_run(args.run, args.data_dir, args.device, args.batch_size)
+    print(f"saved {', '.join(PLOTS)} and {path.name} in {path.parent}\nopen {path}")
     return 0
 
 
@@ -153,10 +195,27 @@ def cmd_evaluate(args) -> int:
 def cmd_datasets(args) -> int:
     from imgcls.data import DATASETS
 
+    if args.show:
+        return show_dataset(args)
     width = max(len(n) for n in DATASETS)
     for name, info in DATASETS.items():
         print(f"{name:<{width}}  {info.description}")
     print(f"{'PATH':<{width}}  any folder of class subfolders (optionally split into train/ val/ test/)")
+    return 0
+
+
+def show_dataset(args) -> int:
+    from imgcls.data import dataset_name, load_dataset
+    from imgcls.report import format_class_counts, write_preview
+
+    if args.per_class < 1:
+        raise ImgclsError(f"--per-class must be positive, got {args.per_class}")
+    data = load_dataset(args.show, data_dir=args.data_dir)
+    print(f"{data.name}: {data.num_classes} classes, {'x'.join(map(str, data.shape))} images\n")
+    print(format_class_counts(data))
+    path = Path(args.out or f"{dataset_name(args.show)}-samples.png")
+    write_preview(data, path, args.per_class)
+    print(f"\nsaved {args.per_class} training images per class to {path}")
     return 0
 
 

@@ -89,8 +89,9 @@ def batches_per_epoch(n: int, batch_size: int) -> int:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, data: Dataset, run_dir: Path, on_step: Callable[["Trainer"], None] | None = None):
+    def __init__(self, cfg: TrainConfig, data: Dataset, run_dir: Path, on_step: Callable[["Trainer"], None] | None = None, loggers=()):
         self.cfg, self.data, self.run_dir, self.on_step = cfg, data, Path(run_dir), on_step
+        self.loggers = list(loggers)  # imgcls.loggers.Logger: live curves (TensorBoard, Visdom)
         self.device = pick_device(cfg.device)
         self.amp = amp_dtype(self.device, cfg.precision)
         self.channels_last = use_channels_last(self.device, get_model_info(cfg.model).convolutional)
@@ -210,6 +211,8 @@ class Trainer:
                     if not math.isfinite(p.totals[0]):
                         self._non_finite()
                     bar.show(p.step, p.totals, p.seconds)
+                    for logger in self.loggers:
+                        logger.step(self)
                 if self.on_step:
                     self.on_step(self)
                 if self.stop_requested:
@@ -263,6 +266,8 @@ class Trainer:
                 self.train_epoch()
                 row = self.end_epoch()
                 print(format_epoch(row, self.cfg.epochs), flush=True)
+                for logger in self.loggers:
+                    logger.epoch(self, row)
                 if self.stop_requested:
                     raise Interrupted(self.run_dir)
         if self.cfg.patience and self.progress.epoch < self.cfg.epochs:
@@ -294,6 +299,10 @@ class Trainer:
             "skipped_files": len(self.data.skipped),
         }
         write_json(self.run_dir / "summary.json", summary)
+        from imgcls.report import write_report  # matplotlib loads only now, after training
+
+        split = self.data.test
+        write_report(self.run_dir, self.data.classes, split.images, split.labels, test.logits, p.history, self.cfg.to_dict(), summary)
         return summary
 
 
@@ -359,20 +368,20 @@ def _record_data(data: Dataset, run_dir: Path) -> None:
         print(f"skipped {len(data.skipped)} unreadable files (listed in {run_dir / 'skipped_files.txt'})", file=sys.stderr)
 
 
-def train(cfg: TrainConfig, out: str | None = None, on_step=None) -> tuple[Path, dict]:
+def train(cfg: TrainConfig, out: str | None = None, on_step=None, loggers=()) -> tuple[Path, dict]:
     """A new run: load data, fill defaults, write the run folder, train, test."""
     check(cfg)
     data = _load_data(cfg)
     cfg = fill_defaults(cfg, data)
     run_dir = new_run_dir(dataset_name(cfg.data), cfg.model, out)
-    trainer = Trainer(cfg, data, run_dir, on_step=on_step)
+    trainer = Trainer(cfg, data, run_dir, on_step=on_step, loggers=loggers)
     write_json(run_dir / "config.json", cfg.to_dict())
     _record_data(data, run_dir)
     print(f"run {run_dir}\n{_describe(cfg, data, trainer)}", flush=True)
     return run_dir, trainer.fit()
 
 
-def resume(run: str | Path, on_step=None) -> tuple[Path, dict]:
+def resume(run: str | Path, on_step=None, loggers=()) -> tuple[Path, dict]:
     """Continue a run from its last.pt, with its saved config and data split."""
     ckpt = checkpoint.load(run, which="last")
     if "progress" not in ckpt:
@@ -382,7 +391,7 @@ def resume(run: str | Path, on_step=None) -> tuple[Path, dict]:
     data = _load_data(cfg, split_files=read_split(run_dir))
     if list(data.classes) != ckpt["classes"] or list(data.shape) != ckpt["in_shape"]:
         raise ImgclsError(f"the data of {run_dir} changed since it was trained (classes or image size differ): start a new run")
-    trainer = Trainer(cfg, data, run_dir, on_step=on_step)
+    trainer = Trainer(cfg, data, run_dir, on_step=on_step, loggers=loggers)
     trainer.load_last(ckpt)
     p = trainer.progress
     where = (

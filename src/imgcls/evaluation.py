@@ -1,7 +1,7 @@
 """Evaluating a model on an in-memory split: loss, accuracy, per-class accuracy and the confusion matrix."""
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -23,6 +23,7 @@ class EvalResult:
     loss: float
     accuracy: float
     confusion: torch.Tensor  # K x K counts, rows = true class, columns = predicted
+    logits: torch.Tensor | None = field(default=None, repr=False)  # N x K, kept so the report needs no second pass
 
     def per_class_accuracy(self, classes: list[str]) -> dict[str, float | None]:
         """Recall of each class; None for a class with no samples in this split."""
@@ -70,7 +71,7 @@ def evaluate(model: nn.Module, split: Split, mean, std, num_classes: int, **kwar
     loss = F.cross_entropy(logits, labels).item()
     predictions = logits.argmax(1)
     accuracy = (predictions == labels).float().mean().item()
-    return EvalResult(loss, accuracy, confusion_matrix(labels, predictions, num_classes).cpu())
+    return EvalResult(loss, accuracy, confusion_matrix(labels, predictions, num_classes).cpu(), logits)
 
 
 def checkpoint_data(ckpt: dict, spec: str | None = None, data_dir: str | None = None) -> Dataset:

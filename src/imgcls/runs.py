@@ -58,3 +58,12 @@ def write_metrics(path: Path, history: list[dict]) -> None:
     for row in history:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     write_text(path, buf.getvalue())
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.csv back as rows of numbers ([] when the file is missing)."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]

@@ -71,3 +71,8 @@ def prepare(images: torch.Tensor, mean, std, aug: Augment | None = None, generat
     if aug is not None and aug.rotate > 0:
         x = random_rotate(x, aug.rotate, generator)
     return x.sub_(mean).div_(std)
+
+
+def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
+    """The inverse of prepare's normalisation: a normalised float batch back to uint8 pixels (exact for unaugmented images)."""
+    return x.mul(std).add_(mean).mul_(255).round_().clamp_(0, 255).to(torch.uint8)

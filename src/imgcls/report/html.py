@@ -1,0 +1,93 @@
+"""report.html: one self-contained page (plots embedded as data URIs, no network) with a run's config, results and plots."""
+
+import base64
+from html import escape
+from pathlib import Path
+
+import torch
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1em; color: #222; }
+h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.5em 0; } td, th { padding: 0.2em 0.8em; border-bottom: 1px solid #eee; text-align: left; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
+.figures { display: flex; flex-wrap: wrap; gap: 1em; } .figure { background: #f5f7fa; padding: 0.6em 1em; border-radius: 6px; }
+.figure b { display: block; font-size: 1.5em; } img { max-width: 100%; height: auto; border: 1px solid #eee; }
+.columns { display: flex; flex-wrap: wrap; gap: 3em; align-items: flex-start; }
+"""
+
+
+def _table(header: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:
+    def cells(values, tag):
+        return "".join(f"<{tag}{' class=num' if i in numeric else ''}>{escape(str(v))}</{tag}>" for i, v in enumerate(values))
+
+    body = "\n".join(f"<tr>{cells(r, 'td')}</tr>" for r in rows)
+    return f"<table><thead><tr>{cells(header, 'th')}</tr></thead>\n<tbody>\n{body}\n</tbody></table>"
+
+
+def _image(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<a href="{escape(path.name)}"><img src="data:image/png;base64,{data}" alt="{escape(alt)}" title="{escape(path.name)}"></a>'
+
+
+def _figures(summary: dict, test: dict) -> list[tuple[str, str]]:
+    shown = [("test accuracy", f"{test['accuracy']:.2%}"), ("test loss", f"{test['loss']:.4f}"), ("test images", f"{test['images']:,}")]
+    known = [
+        ("best_val_accuracy", "best val accuracy", "{:.2%}"),
+        ("best_epoch", "best epoch", "{}"),
+        ("epochs_run", "epochs run", "{}"),
+        ("train_seconds", "training time", "{:.1f} s"),
+        ("images_per_second", "images / s", "{:,.0f}"),
+        ("num_params", "parameters", "{:,}"),
+        ("device", "device", "{}"),
+    ]
+    return shown + [(label, fmt.format(summary[key])) for key, label, fmt in known if summary.get(key) is not None]
+
+
+def render(
+    run_dir: Path,
+    plots: dict[str, str],
+    config: dict,
+    summary: dict,
+    test: dict,
+    confusion: torch.Tensor,
+    classes: list[str],
+    history: list[dict],
+) -> str:
+    """The page; `plots` maps each PNG in run_dir to its heading, `test` holds this report's test accuracy, loss and image count."""
+    title = f"imgcls report: {run_dir.name}"
+    about = ", ".join(f"{k} {config[k]}" for k in ("data", "model") if k in config)
+    figures = "".join(f'<div class="figure">{escape(label)}<b>{escape(value)}</b></div>' for label, value in _figures(summary, test))
+    sections = "\n".join(f"<h2>{escape(heading)}</h2>\n<p>{_image(run_dir / name, heading)}</p>" for name, heading in plots.items())
+    totals = confusion.sum(1).tolist()
+    per_class = [
+        [name, f"{confusion[i, i].item() / totals[i]:.2%}" if totals[i] else "n/a", confusion[i, i].item(), totals[i]]
+        for i, name in enumerate(classes)
+    ]
+    epochs = [
+        [r["epoch"], f"{r['train_loss']:.4f}", f"{r['train_acc']:.2%}", f"{r['val_loss']:.4f}", f"{r['val_acc']:.2%}", f"{r['lr']:.3g}", f"{r['seconds']:.1f}"]
+        for r in history
+    ]  # fmt: skip
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{escape(title)}</title>
+<style>{STYLE}</style>
+</head>
+<body>
+<h1>{escape(title)}</h1>
+<p>{escape(about)}; everything below is on the test set with the best checkpoint (best.pt) unless it says otherwise.</p>
+<div class="figures">{figures}</div>
+{sections}
+<div class="columns">
+<div><h2>Per-class accuracy</h2>
+{_table(["class", "accuracy", "correct", "images"], per_class, numeric={1, 2, 3})}</div>
+<div><h2>Epochs</h2>
+{_table(["epoch", "train loss", "train acc", "val loss", "val acc", "lr", "seconds"], epochs, numeric=set(range(7)))}
+<h2>Config</h2>
+{_table(["setting", "value"], [[k, v] for k, v in config.items()])}</div>
+</div>
+</body>
+</html>
+"""
