@@ -78,10 +78,7 @@ def _read_optional(path: Path) -> dict:
 
 def report_run(run: str | Path, data_dir: str | None = None, device: str = "auto", batch_size: int = 512) -> Path:
     """Regenerate a run's plots and report.html from its best.pt, on the test split of its own data."""
-    from imgcls import checkpoint
-    from imgcls.device import pick_device
-    from imgcls.evaluation import checkpoint_data, predict_logits
-    from imgcls.inference import load_model, normalisation
+    from imgcls.evaluation import evaluate_checkpoint
 
     run_dir = Path(run).expanduser()
     if not run_dir.is_dir():
@@ -93,12 +90,8 @@ def report_run(run: str | Path, data_dir: str | None = None, device: str = "auto
             else "pass a run folder made by `imgcls train` (runs/NAME)"
         )
         raise ImgclsError(f"{run_dir} holds no best.pt: {hint}")
-    ckpt, where = checkpoint.load(run_dir / "best.pt"), pick_device(device)
-    model = load_model(ckpt, where)
-    data = checkpoint_data(ckpt, data_dir=data_dir)
-    mean, std = normalisation(ckpt, where)
-    logits = predict_logits(model, data.test.images, mean, std, batch_size=batch_size)
-    return write_report(run_dir, data.classes, data.test.images, data.test.labels, logits)
+    _, data, result = evaluate_checkpoint(run_dir / "best.pt", data_dir=data_dir, device=device, batch_size=batch_size)
+    return write_report(run_dir, data.classes, data.test.images, data.test.labels, result.logits)
 
 
 def format_class_counts(data: Dataset) -> str:
