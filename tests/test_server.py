@@ -1,4 +1,7 @@
 import io
+import socket
+import subprocess
+import sys
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -133,3 +136,25 @@ def test_concurrent_requests_get_their_own_answers(client, mnist, predictor):
         responses = list(pool.map(lambda i: post(client, png(images[i])), range(32)))
     assert [r.status_code for r in responses] == [200] * 32
     assert [r.json()["predictions"][0]["label"] for r in responses] == expected
+
+
+def test_serve_refuses_clearly_before_starting(digit_run, tmp_path, capsys, monkeypatch):
+    from imgcls.cli import main
+
+    assert main(["serve", str(tmp_path / "no-run")]) == 2
+    assert capsys.readouterr().err.startswith("imgcls: error: checkpoint")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        assert main(["serve", str(digit_run), "--port", str(taken.getsockname()[1])]) == 2
+    assert "cannot listen on 127.0.0.1:" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if the serve extra were not installed
+    assert main(["serve", str(digit_run)]) == 2
+    assert "pip install 'imgcls[serve]'" in capsys.readouterr().err
+
+
+def test_the_cli_starts_without_the_optional_packages():
+    """FastAPI, uvicorn and onnxruntime are imported only by the commands that use them."""
+    code = "import sys, imgcls.cli as c; c.build_parser().parse_args(['predict', 'r', 'x']); print(sorted(m for m in ('fastapi', 'uvicorn', 'onnxruntime', 'onnx') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stderr
