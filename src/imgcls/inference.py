@@ -127,7 +127,8 @@ class Predictor:
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor | np.ndarray, batch_size: int = 256) -> torch.Tensor:
         """Softmax probabilities (N x K, float32, on the CPU) of uint8 N x C x H x W images, batch by batch."""
-        images = torch.as_tensor(images)
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(np.array(images))  # a copy: decoded PIL pixels are read-only
         out = []
         for start in range(0, len(images), batch_size):
             x = prepare(images[start : start + batch_size].to(self.device), self.mean, self.std)
