@@ -193,3 +193,9 @@ def test_predict_on_a_copied_run_without_its_data(digit_run, digits, capsys, tmp
     shutil.copy(digit_run / "best.pt", tmp_path / "model.pt")
     assert main(["predict", str(tmp_path / "model.pt"), str(folder / "a.png"), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["predictions"][0]["label"] == truth[str(folder / "a.png")]
+
+
+@pytest.mark.skipif(has_plots(), reason="imgcls.report.plots is importable: the plot test covers --plot")
+def test_predict_plot_without_the_plotting_module_is_a_one_line_error(digit_run, tmp_path, capsys):
+    assert main(["predict", str(digit_run), str(tmp_path), "--plot", str(tmp_path / "p.png")]) == 2
+    assert capsys.readouterr().err.startswith("imgcls: error: --plot is not available here")

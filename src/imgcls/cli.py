@@ -199,6 +199,11 @@ def cmd_predict(args) -> int:
 
     if args.top_k < 1 or args.batch_size < 1:
         raise ImgclsError("--top-k and --batch-size must be at least 1")
+    if args.plot:  # before any work: a missing plotting package should not cost a whole batch
+        try:
+            from imgcls.report.plots import plot_predictions
+        except ImportError as e:
+            raise ImgclsError(f"--plot is not available here ({e}): install imgcls with its plotting dependencies") from None
     predictor = Predictor.open(args.checkpoint, args.backend, args.device)
     files = collect_files(args.paths)
     results = list(predict_files(predictor, files, args.batch_size, keep_images=PLOT_LIMIT if args.plot else 0))
@@ -210,10 +215,6 @@ def cmd_predict(args) -> int:
         print(f"imgcls: {len(bad)} of {len(results)} files could not be read", file=sys.stderr)
     shown = [r for r in results if r.image is not None]
     if args.plot and shown:
-        try:
-            from imgcls.report.plots import plot_predictions
-        except ImportError as e:
-            raise ImgclsError(f"--plot is not available ({e}): pip install 'imgcls[dev]'") from None
         images, probs = np.stack([r.image for r in shown]), np.stack([r.probs.numpy() for r in shown])
         plot_predictions(images, probs, predictor.classes, args.plot, titles=[r.file.name for r in shown], top_k=args.top_k)
         print(f"saved {args.plot}", file=sys.stderr)
