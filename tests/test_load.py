@@ -3,9 +3,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-pytest.importorskip("httpx", reason="bench/load.py needs httpx (pip install -e '.[dev]')")
 LOAD = Path(__file__).resolve().parents[1] / "bench" / "load.py"
 
 

@@ -158,3 +158,17 @@ def test_the_cli_starts_without_the_optional_packages():
     code = "import sys, imgcls.cli as c; c.build_parser().parse_args(['predict', 'r', 'x']); print(sorted(m for m in ('fastapi', 'uvicorn', 'onnxruntime', 'onnx') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_a_bad_upload_in_a_batch_fails_alone(client, mnist, predictor):
+    """Uploads that arrive together are predicted together: a broken one gets its 422, its neighbours their answers."""
+    images, _ = mnist
+    expected = [r[0]["label"] for r in predictor.top(predictor.probabilities(images[:24, None]), 3)]
+    broken = truncated_png(images)
+    with ThreadPoolExecutor(24) as pool:
+        responses = list(pool.map(lambda i: post(client, broken if i % 3 == 0 else png(images[i])), range(24)))
+    for i, response in enumerate(responses):
+        if i % 3 == 0:
+            assert response.status_code == 422 and "not a readable image" in response.json()["detail"]
+        else:
+            assert response.status_code == 200 and response.json()["predictions"][0]["label"] == expected[i]
