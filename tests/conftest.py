@@ -1,4 +1,12 @@
+import contextlib
+import importlib.util
 import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -50,3 +58,96 @@ def tiny_dataset(n_train=64, n_val=32, n_test=32, shape=(1, 12, 12), classes=3, 
 
     names = [f"c{i}" for i in range(classes)]
     return Dataset("tiny", names, split(n_train), split(n_val), split(n_test), (0.5,) * shape[0], (0.25,) * shape[0], flips_ok=False)
+
+
+def save_checkpoint(path: Path, model="cnn", in_shape=(1, 28, 28), classes=tuple("0123456789"), data="mnist-sample", seed=0) -> Path:
+    """An untrained imgcls checkpoint, as `imgcls train` writes them, without the training."""
+    from imgcls.checkpoint import FORMAT, atomic_save
+    from imgcls.config import TrainConfig
+    from imgcls.models import create_model
+
+    torch.manual_seed(seed)
+    net = create_model(model, in_shape, len(classes))
+    channels = in_shape[0]
+    atomic_save({
+        "format": FORMAT, "model": model, "model_options": {}, "in_shape": list(in_shape), "classes": list(classes),
+        "mean": [0.13] * channels, "std": [0.31] * channels, "config": TrainConfig(data=data, model=model).to_dict(), "epoch": 1,
+        "state_dict": net.state_dict(),
+    }, path)  # fmt: skip
+    return path
+
+
+def cli_train(root: Path, *args: str) -> subprocess.CompletedProcess:
+    """`imgcls train ARGS --out ROOT/run` in a subprocess (offline, own cache), for fixtures that share one run."""
+    env = {**os.environ, "IMGCLS_OFFLINE": "1", "IMGCLS_CACHE": str(root / "cache")}
+    command = [sys.executable, "-m", "imgcls", "train", *args, "--out", str(root / "run")]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture(scope="session")
+def digit_run(tmp_path_factory):
+    """`imgcls train --epochs 3` on the embedded MNIST sample, shared by the predict, export and serve
+    tests. Tests that write into a run folder copy it first."""
+    root = tmp_path_factory.mktemp("digit-run")
+    cli_train(root, "--epochs", "3")
+    return root / "run"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def served(digit_run, tmp_path_factory):
+    """`imgcls serve` of the digit run in a subprocess on a free loopback port: its base URL."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with open(log, "w") as out:
+        server = subprocess.Popen([sys.executable, "-m", "imgcls", "serve", str(digit_run), "--port", str(port)], stdout=out, stderr=out)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            assert server.poll() is None, f"imgcls serve exited: {log.read_text()}"
+            assert time.monotonic() < deadline, f"imgcls serve did not answer in 60 s: {log.read_text()}"
+            time.sleep(0.2)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]  # fmt: skip
+
+
+@contextlib.contextmanager
+def chromium():
+    """Debian's headless Chromium driven by Playwright (its own browser download is not used). Skips with the
+    reason when either is missing; CI sets IMGCLS_REQUIRE_BROWSER so a missing browser fails there instead."""
+    reason = None
+    if shutil.which(CHROMIUM) is None:
+        reason = "Chromium not found: apt-get install chromium (CI's .ci/run installs it)"
+    elif importlib.util.find_spec("playwright") is None:
+        reason = "playwright is not installed: pip install -e '.[dev]'"
+    if reason:
+        (pytest.fail if os.environ.get("IMGCLS_REQUIRE_BROWSER") else pytest.skip)(reason)
+    from playwright import sync_api
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+        try:
+            yield browser
+        finally:
+            browser.close()

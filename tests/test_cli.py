@@ -1,5 +1,4 @@
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -9,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_folder
+from conftest import cli_train, make_folder
 from imgcls.cli import main
 
 
@@ -28,16 +27,7 @@ def imgcls(*args, timeout=120):
 def trained_run(tmp_path_factory):
     """One short default-data run shared by the read-only tests below."""
     root = tmp_path_factory.mktemp("shared-run")
-    env = {**os.environ, "IMGCLS_OFFLINE": "1", "IMGCLS_CACHE": str(root / "cache")}
-    result = subprocess.run(
-        [sys.executable, "-m", "imgcls", "train", "--epochs", "1", "--out", str(root / "run")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    return root / "run", result
+    return root / "run", cli_train(root, "--epochs", "1")
 
 
 def test_train_with_no_arguments_uses_the_embedded_sample(trained_run):

@@ -17,7 +17,9 @@ from imgcls.models import create_model
 
 
 def trainer_for(tmp_path, data: Dataset, name="run", **cfg) -> Trainer:
-    config = fill_defaults(TrainConfig(**{"model": "cnn", "optimizer": "adamw", "epochs": 3, "batch_size": 16, "device": "cpu", **cfg}), data)
+    config = fill_defaults(
+        TrainConfig(**{"model": "cnn", "optimizer": "adamw", "epochs": 3, "batch_size": 16, "device": "cpu", **cfg}), data
+    )
     (tmp_path / name).mkdir(exist_ok=True)
     return Trainer(config, data, tmp_path / name)
 

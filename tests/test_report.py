@@ -1,9 +1,6 @@
 import base64
 import json
-import os
 import shutil
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -12,7 +9,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
-from conftest import make_folder
+from conftest import chromium, cli_train, make_folder
 from imgcls.cli import main
 from imgcls.data.augment import Augment, denormalize, prepare
 from imgcls.data.registry import CIFAR_MEAN, CIFAR_STD, MNIST_MEAN, MNIST_STD
@@ -21,7 +18,6 @@ from imgcls.report.interpret import top_losses
 
 pytestmark = pytest.mark.report
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-CHROMIUM = Path("/usr/bin/chromium")
 
 
 def run_cli(capsys, *args):
@@ -34,15 +30,7 @@ def run_cli(capsys, *args):
 def trained_run(tmp_path_factory):
     """One short default run (mlp for speed) whose report the tests below read."""
     root = tmp_path_factory.mktemp("report-run")
-    env = {**os.environ, "IMGCLS_OFFLINE": "1", "IMGCLS_CACHE": str(root / "cache")}
-    result = subprocess.run(
-        [sys.executable, "-m", "imgcls", "train", "--epochs", "2", "--model", "mlp", "--out", str(root / "run")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
+    cli_train(root, "--epochs", "2", "--model", "mlp")
     return root / "run"
 
 
@@ -238,23 +226,12 @@ def test_datasets_show_prints_class_counts_and_saves_a_grid(capsys, tmp_path):
 
 
 def test_report_renders_every_image_in_headless_chromium(trained_run):
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} not found (apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not installed (pip install playwright)")
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                  "--disable-sync", "--no-first-run"],
-        )  # fmt: skip
-        try:
-            page = browser.new_page()
-            requests = []
-            page.on("request", lambda r: requests.append(r.url))
-            page.goto((trained_run / "report.html").as_uri(), wait_until="load")
-            images = page.evaluate("Array.from(document.images).map(i => [i.title, i.complete, i.naturalWidth])")
-        finally:
-            browser.close()
+    with chromium() as browser:
+        page = browser.new_page()
+        requests = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto((trained_run / "report.html").as_uri(), wait_until="load")
+        images = page.evaluate("Array.from(document.images).map(i => [i.title, i.complete, i.naturalWidth])")
     assert sorted(t for t, _, _ in images) == sorted(PLOTS)
     assert all(complete and width > 0 for _, complete, width in images), images
     assert all(url.startswith(("file:", "data:")) for url in requests), requests  # no network

@@ -1,4 +1,4 @@
-"""The `imgcls` command line: train, evaluate, report, datasets, models."""
+"""The `imgcls` command line: train, evaluate, report, predict, export, serve, datasets, models."""
 
 import argparse
 import os
@@ -91,6 +91,57 @@ def _add_report(sub) -> None:
     p.set_defaults(func=cmd_report)
 
 
+def _add_predict(sub) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="classify image files, folders or globs with a trained model",
+        description="Print the top classes of each image, preprocessed exactly as the model's training images were. "
+        "Unreadable files are reported and the rest still predicted (exit status 1 when any was unreadable).",
+    )
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder (uses best.pt), a .pt file, or an exported .onnx file")
+    p.add_argument("paths", metavar="PATH", nargs="+", help="image files, folders (searched recursively) or glob patterns ('**' recurses)")
+    p.add_argument("--top-k", metavar="K", type=int, default=5, help="classes shown per image [5]")
+    p.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output on stdout [table]")
+    p.add_argument("--batch-size", metavar="N", type=int, default=256, help="images decoded and predicted at a time [256]")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="onnx runs the run's `imgcls export` model [torch]")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="torch backend device [auto]")
+    p.add_argument("--plot", metavar="PATH", help=f"also save a figure of the first {PLOT_LIMIT} images with their probability bars")
+    p.set_defaults(func=cmd_predict)
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser(
+        "export",
+        help="export a trained model to ONNX or TorchScript, checked against PyTorch",
+        description="Export with a dynamic batch size, compare its logits with PyTorch's on test images of the run's data "
+        "(fails above --tolerance, writing nothing), and store the preprocessing next to it in NAME.json.",
+    )
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder (uses best.pt) or a .pt file")
+    p.add_argument("--format", default="onnx", metavar="onnx|torchscript", help="[onnx]")
+    p.add_argument("--out", metavar="PATH", help="model file [next to the checkpoint: best.onnx or best.torchscript.pt]")
+    p.add_argument("--tolerance", metavar="T", type=float, default=1e-3, help="largest allowed abs difference on logits [1e-3]")
+    p.add_argument("--parity-images", metavar="N", type=int, default=64, help="test images the parity check runs on [64]")
+    p.set_defaults(func=cmd_export)
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="a web page and JSON API to try a trained model (FastAPI + uvicorn)",
+        description="Serve a page at / (upload an image or, for 1-channel models, draw a digit) and a JSON API: "
+        "POST /predict (multipart field 'file'), GET /model, GET /health.",
+    )
+    p.add_argument("checkpoint", metavar="RUN_OR_CHECKPOINT", help="a run folder (uses best.pt), a .pt file, or an exported .onnx file")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind; 0.0.0.0 exposes it to the network [127.0.0.1]")
+    p.add_argument("--port", type=int, default=8000, help="[8000]")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="[torch]")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto", help="torch backend device [auto]")
+    p.add_argument("--top-k", metavar="K", type=int, default=5, help="classes returned per image [5]")
+    p.add_argument("--max-upload-mb", metavar="MB", type=float, default=10, help="largest request accepted [10]")
+    p.add_argument("--access-log", action="store_true", help="log every request")
+    p.set_defaults(func=cmd_serve)
+
+
 def _add_datasets(sub) -> None:
     p = sub.add_parser("datasets", help="list the named datasets, or --show one: class counts and a grid of samples")
     p.add_argument("--show", metavar="NAME|PATH", help="print this dataset's class counts and save a grid of samples per class")
@@ -112,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgcls", description="Fast, batteries-included image classification on PyTorch.")
     parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_train, _add_evaluate, _add_report, _add_datasets, _add_models):
+    for add in (_add_train, _add_evaluate, _add_report, _add_predict, _add_export, _add_serve, _add_datasets, _add_models):
         add(sub)
     return parser
 
@@ -189,6 +240,55 @@ def cmd_evaluate(args) -> int:
         "loss": result.loss, "accuracy": result.accuracy, "per_class_accuracy": per_class,
     })  # fmt: skip
     print(f"\nsaved {csv_path} and {json_path}")
+    return 0
+
+
+PLOT_LIMIT = 32  # images in the --plot figure; more would not be readable
+
+
+def cmd_predict(args) -> int:
+    import numpy as np
+    import torch
+
+    from imgcls.inference import Predictor, collect_files, format_predictions, predict_files
+
+    if args.top_k < 1 or args.batch_size < 1:
+        raise ImgclsError("--top-k and --batch-size must be at least 1")
+    predictor = Predictor.open(args.checkpoint, args.backend, args.device)
+    files = collect_files(args.paths)
+    results = list(predict_files(predictor, files, args.batch_size, keep_images=PLOT_LIMIT if args.plot else 0))
+    print(format_predictions(results, predictor, args.top_k, args.format))
+    bad = [r for r in results if r.error is not None]
+    for r in bad:
+        print(f"imgcls: cannot read {r.file} ({r.error})", file=sys.stderr)
+    if bad:
+        print(f"imgcls: {len(bad)} of {len(results)} files could not be read", file=sys.stderr)
+    shown = [r for r in results if r.image is not None]
+    if args.plot and shown:
+        from imgcls.report.plots import plot_predictions
+
+        images, probs = torch.from_numpy(np.stack([r.image for r in shown])), torch.stack([r.probs for r in shown])
+        plot_predictions(images, probs, predictor.classes, args.plot, titles=[r.file.name for r in shown], top_k=args.top_k)
+        print(f"saved {args.plot}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def cmd_export(args) -> int:
+    from imgcls.export import export
+
+    result = export(args.checkpoint, args.format, args.out, args.tolerance, args.parity_images)
+    print(
+        f"parity on {result.inputs} (batches of 1 and all): max abs difference on logits {result.max_abs_diff:.3g} (tolerance {args.tolerance:g})"
+    )
+    print(f"saved {result.path} and {result.metadata}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from imgcls.server import serve
+
+    serve(args.checkpoint, host=args.host, port=args.port, backend=args.backend, device=args.device, top_k=args.top_k,
+          max_bytes=int(args.max_upload_mb * 2**20), access_log=args.access_log)  # fmt: skip
     return 0
 
 

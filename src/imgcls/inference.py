@@ -1,10 +1,28 @@
-"""Rebuilding a trained model from its checkpoint, ready for inference."""
+"""Using a trained model: rebuilt from its checkpoint (or its ONNX export), images preprocessed exactly as in
+training, batched prediction, and the file handling of `imgcls predict`."""
 
+import csv
+import glob
+import io
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
 import torch
 import torch.nn as nn
+from PIL import Image
 
+from imgcls import checkpoint
+from imgcls.data.augment import prepare
+from imgcls.data.images import DECODE_ERRORS, load_image, read_image
+from imgcls.device import pick_device
 from imgcls.errors import ImgclsError
 from imgcls.models import create_model
+
+BACKENDS = ("torch", "onnx")
 
 
 def load_model(ckpt: dict, device: torch.device | str = "cpu") -> nn.Module:
@@ -26,3 +44,190 @@ def normalisation(ckpt: dict, device: torch.device | str = "cpu") -> tuple[torch
         torch.tensor(ckpt["mean"], device=device).view(-1, 1, 1),
         torch.tensor(ckpt["std"], device=device).view(-1, 1, 1),
     )
+
+
+def missing_extra(what: str, extra: str, error: ImportError) -> ImgclsError:
+    return ImgclsError(f"{what} needs a package that is not installed ({error.name or error}): pip install 'imgcls[{extra}]'")
+
+
+def onnx_session(model: bytes | str | Path):
+    """An ONNX Runtime CPU session that uses as many threads as torch does (OMP_NUM_THREADS and the like)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise missing_extra("ONNX inference", "export", e) from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise to users
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"])
+
+
+class Predictor:
+    """A model ready for inference on uint8 C x H x W images, behind either backend.
+
+    `forward` takes a normalised float32 batch on `device` and returns float32 logits."""
+
+    def __init__(self, meta: dict, forward: Callable[[torch.Tensor], torch.Tensor], backend: str, device: torch.device):
+        self.name = meta["model"]
+        self.classes: list[str] = list(meta["classes"])
+        self.in_shape: tuple[int, int, int] = tuple(meta["in_shape"])
+        self.source = str(meta["path"])
+        self.backend = backend
+        self.device = device
+        self.mean, self.std = normalisation(meta, device)
+        self.tta = bool(meta["tta"] if "tta" in meta else meta.get("config", {}).get("tta"))  # predict as the run evaluated
+        self._forward = forward
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto") -> "Predictor":
+        ckpt, where = checkpoint.load(path), pick_device(device)
+        model = load_model(ckpt, where)
+        return cls(ckpt, lambda x: model(x).float(), "torch", where)
+
+    @classmethod
+    def from_onnx(cls, path: str | Path) -> "Predictor":
+        from imgcls.export import read_metadata
+
+        meta = read_metadata(path)
+        session = onnx_session(path)
+        name = session.get_inputs()[0].name
+        meta["path"] = str(path)
+        return cls(meta, lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0]), "onnx", torch.device("cpu"))
+
+    @classmethod
+    def open(cls, path: str | Path, backend: str = "torch", device: str = "auto") -> "Predictor":
+        """A run folder or checkpoint with the torch backend; its ONNX export (or a .onnx file) with the onnx backend."""
+        if backend not in BACKENDS:
+            raise ImgclsError(f"unknown backend '{backend}': choose {' or '.join(BACKENDS)}")
+        if str(path).endswith(".onnx") or backend == "onnx":
+            if device not in ("auto", "cpu"):
+                raise ImgclsError("the onnx backend runs on the CPU: drop --device or use --backend torch")
+            from imgcls.export import exported_path
+
+            return cls.from_onnx(path if str(path).endswith(".onnx") else exported_path(path, "onnx"))
+        return cls.from_checkpoint(path, device)
+
+    @property
+    def channels(self) -> int:
+        return self.in_shape[0]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.in_shape[1], self.in_shape[2]
+
+    def describe(self) -> dict:
+        return {"name": self.name, "classes": self.classes, "input_size": list(self.in_shape), "backend": self.backend}
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """The training decode of image folders (data/images.py), at the model's channels and size."""
+        return load_image(image, self.channels, self.size)
+
+    def read(self, path: str | Path) -> np.ndarray:
+        return read_image(path, self.channels, self.size)
+
+    @torch.inference_mode()
+    def probabilities(self, images: torch.Tensor | np.ndarray, batch_size: int = 256) -> torch.Tensor:
+        """Softmax probabilities (N x K, float32, on the CPU) of uint8 N x C x H x W images, batch by batch."""
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(np.array(images))  # a copy: decoded PIL pixels are read-only
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = prepare(images[start : start + batch_size].to(self.device), self.mean, self.std)
+            logits = self._forward(x)
+            if self.tta:
+                logits = (logits + self._forward(x.flip(3))) / 2
+            out.append(logits.softmax(1).cpu())
+        return torch.cat(out) if out else torch.empty(0, len(self.classes))
+
+    def top(self, probs: torch.Tensor, k: int) -> list[list[dict]]:
+        """The k most likely classes of each row: [{'label': ..., 'probability': ...}, ...], best first."""
+        values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
+        return [
+            [{"label": self.classes[i], "probability": p} for p, i in zip(row_p, row_i)]
+            for row_p, row_i in zip(values.tolist(), indices.tolist())
+        ]
+
+
+IMAGE_SUFFIXES = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}
+
+
+def collect_files(specs: list[str]) -> list[Path]:
+    """Files as given, image files anywhere below folders, and glob matches (`**` recursive), in order, without repeats."""
+    found: list[Path] = []
+    for spec in specs:
+        path = Path(spec).expanduser()
+        if path.is_dir():
+            matches = sorted(
+                Path(root, name)
+                for root, dirs, files in os.walk(path)
+                for name in files
+                if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
+            )
+            if not matches:
+                raise ImgclsError(
+                    f"no image files in {path} or its subfolders (.png, .jpg, .bmp, .gif, .tif, .webp or another Pillow format)"
+                )
+        elif path.exists():
+            matches = [path]
+        elif glob.has_magic(spec):
+            matches = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())
+            if not matches:
+                raise ImgclsError(f"no files match {spec}")
+        else:
+            raise ImgclsError(f"{path} does not exist: pass image files, folders or glob patterns")
+        found += matches
+    return list(dict.fromkeys(found))
+
+
+@dataclass
+class FileResult:
+    file: Path
+    probs: torch.Tensor | None  # K probabilities, None when the file could not be read
+    image: np.ndarray | None  # the preprocessed uint8 image, when asked to keep it
+    error: str | None = None
+
+
+def predict_files(predictor: Predictor, files: list[Path], batch_size: int = 256, keep_images: int = 0) -> Iterator[FileResult]:
+    """Decode and predict `batch_size` files at a time; an unreadable file yields an error and the batch goes on.
+    The first `keep_images` preprocessed images are kept (for plots)."""
+    kept = 0
+    for start in range(0, len(files), batch_size):
+        chunk, images, results = files[start : start + batch_size], [], []
+        for path in chunk:
+            try:
+                images.append(predictor.read(path))
+                results.append(FileResult(path, None, None))
+            except DECODE_ERRORS as e:
+                results.append(FileResult(path, None, None, f"{type(e).__name__}: {e}"))
+        probs = iter(predictor.probabilities(np.stack(images), batch_size) if images else [])
+        pixels = iter(images)
+        for result in results:
+            if result.error is None:
+                result.probs, image = next(probs), next(pixels)
+                if kept < keep_images:
+                    result.image, kept = image, kept + 1
+            yield result
+
+
+def format_predictions(results: list[FileResult], predictor: Predictor, k: int, fmt: str = "table") -> str:
+    """Each file's top-k classes as an aligned table, CSV (one row per file) or JSON; unreadable files with their error."""
+    good = [r for r in results if r.error is None]
+    tops = dict(zip(map(id, good), predictor.top(torch.stack([r.probs for r in good]), k))) if good else {}
+    rows = [(str(r.file), tops.get(id(r)), r.error) for r in results]
+    k = min(k, len(predictor.classes))
+    if fmt == "json":
+        return json.dumps([{"file": f, "predictions": top} if top else {"file": f, "error": err} for f, top, err in rows], indent=2)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["file", *(f"{c}_{i}" for i in range(1, k + 1) for c in ("label", "probability")), "error"])
+        for f, top, err in rows:
+            cells = [v for p in top for v in (p["label"], f"{p['probability']:.6f}")] if top else [""] * 2 * k
+            writer.writerow([f, *cells, err or ""])
+        return buf.getvalue().rstrip("\n")
+    head = ["file", *(f"top-{i}" for i in range(1, k + 1))]
+    lines = [[f, *(f"{p['label']} {p['probability']:.1%}" for p in top)] if top else [f, f"unreadable ({err})"] for f, top, err in rows]
+    # Column widths from the predictions only: an error message runs on past them.
+    widths = [max(len(line[i]) for line in [head, *(line for line, row in zip(lines, rows) if row[1])]) for i in range(k + 1)]
+    widths[0] = max(len(line[0]) for line in [head, *lines])
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in [head, *lines])

@@ -1,0 +1,49 @@
+"""`imgcls serve`: a web page and JSON API around one trained model (FastAPI + uvicorn, the `serve` extra).
+
+Nothing here imports FastAPI at module level, so the rest of imgcls starts fast without it."""
+
+import socket
+import sys
+from pathlib import Path
+
+from imgcls.errors import ImgclsError
+from imgcls.inference import Predictor, missing_extra
+
+DEFAULT_MAX_BYTES = 10 * 2**20
+
+
+def serve(
+    checkpoint: str | Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    backend: str = "torch",
+    device: str = "auto",
+    top_k: int = 5,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    access_log: bool = False,
+) -> None:
+    try:
+        import fastapi  # noqa: F401
+        import python_multipart  # noqa: F401
+        import uvicorn
+    except ImportError as e:
+        raise missing_extra("imgcls serve", "serve", e) from None
+    from imgcls.server.app import create_app
+
+    if top_k < 1 or max_bytes < 1:
+        raise ImgclsError("--top-k and --max-upload-mb must be positive")
+    predictor = Predictor.open(checkpoint, backend, device)  # once, for every request
+    app = create_app(predictor, top_k=top_k, max_bytes=max_bytes)
+    try:  # a clear message instead of uvicorn's log line and exit when the port is taken
+        with socket.create_server((host, port)):
+            pass
+    except OSError as e:
+        raise ImgclsError(f"cannot listen on {host}:{port} ({e.strerror or e}): pick another --port or --host") from None
+    print(
+        f"serving {predictor.source} ({predictor.name}, {len(predictor.classes)} classes, {predictor.backend}) "
+        f"at http://{host}:{port}/ - Ctrl-C stops",
+        flush=True,
+    )
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"warning: --host {host} makes the server reachable from other machines", file=sys.stderr)
+    uvicorn.run(app, host=host, port=port, log_level="info" if access_log else "warning", access_log=access_log)
