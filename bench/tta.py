@@ -43,7 +43,7 @@ class Task:
 
 TASKS = {
     "mnist": Task("mnist", (0.99, 0.995), 15_000, 900.0),
-    "cifar10": Task("cifar10-jpeg", (0.85, 0.90), 25_000, 900.0),
+    "cifar10": Task("cifar10-jpeg", (0.85, 0.90), 45_000, 900.0),
 }
 
 

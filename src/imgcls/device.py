@@ -51,5 +51,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
 
 
 def use_channels_last(device: torch.device, convolutional: bool) -> bool:
-    """channels_last lets cuDNN use its fastest (tensor core) convolution kernels; on CPU it rarely pays."""
-    return device.type == "cuda" and convolutional
+    """channels_last lets cuDNN use its tensor-core kernels, and oneDNN on CPUs its blocked ones (measured on
+    2 cores: digitnet and speednet train about 1.3x faster); MPS gains nothing from it."""
+    return convolutional and device.type in ("cuda", "cpu")

@@ -12,8 +12,8 @@ import torch.nn as nn
 from imgcls.models.registry import register_model
 
 
-def conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout), nn.GELU()]
+def conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, act: type[nn.Module] = nn.GELU) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout), act()]
 
 
 class ConvGroup(nn.Sequential):
@@ -46,14 +46,16 @@ def speednet(in_shape, num_classes, widths: tuple[int, int, int] = (32, 128, 128
 
 
 @register_model(
-    "digitnet", "fast BN-CNN for digits: conv5x5/2(32) > pool > conv3x3(64) > fc256 > fc; the fast recipe's net for MNIST", min_size=8
+    "digitnet", "fast BN-CNN for digits: conv5x5/2(32) > pool > conv3x3(64) > fc128 > fc; the fast recipe's net for MNIST", min_size=8
 )
-def digitnet(in_shape, num_classes, widths: tuple[int, int] = (32, 64), hidden: int = 256) -> nn.Module:
+def digitnet(in_shape, num_classes, widths: tuple[int, int] = (32, 64), hidden: int = 128) -> nn.Module:
     # A strided 5x5 stem and an early pool put the convolutions at 7x7 for MNIST; the fully connected
-    # layer then does the rest as one matrix product, the cheapest kind of work on a CPU.
+    # layer then does the rest as one matrix product, the cheapest kind of work on a CPU. ReLU, not GELU:
+    # on 2 CPU cores GELU made this net train 1.4x slower (5,900 vs 8,200 img/s).
     c, h, w = in_shape
     grid = [min(7, (side + 1) // 2 // 2) for side in (h, w)]  # larger images are pooled to 7x7 before the dense layer
     return nn.Sequential(
-        *conv_bn(c, widths[0], kernel=5, stride=2), nn.MaxPool2d(2), *conv_bn(widths[0], widths[1]), nn.AdaptiveAvgPool2d(grid),
-        nn.Flatten(), nn.Linear(widths[1] * grid[0] * grid[1], hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes),
+        *conv_bn(c, widths[0], kernel=5, stride=2, act=nn.ReLU), nn.MaxPool2d(2), *conv_bn(widths[0], widths[1], act=nn.ReLU),
+        nn.AdaptiveAvgPool2d(grid), nn.Flatten(),
+        nn.Linear(widths[1] * grid[0] * grid[1], hidden), nn.ReLU(), nn.Linear(hidden, num_classes),
     )  # fmt: skip
