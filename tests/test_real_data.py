@@ -23,9 +23,15 @@ def test_mnist_two_epochs_reach_the_tutorial_accuracy(capsys, model, target):
     assert summary["test_accuracy"] >= target
 
 
-def test_default_run_reaches_95_percent_offline(capsys):
+def test_default_run_reaches_98_5_percent_offline(capsys):
     summary = train(capsys)
-    assert summary["dataset"] == "mnist-sample" and summary["test_accuracy"] >= 0.95
+    assert summary["dataset"] == "mnist-sample" and summary["model"] == "digitnet" and summary["test_accuracy"] >= 0.985
+
+
+def test_fast_recipe_reaches_99_percent_on_mnist(capsys):
+    summary = train(capsys, "--data", "mnist", "--data-dir", SHARED_DATA)
+    assert summary["model"] == "digitnet" and summary["epochs_run"] == 2
+    assert summary["test_accuracy"] >= 0.99
 
 
 def test_cifar10_jpeg_folder_trains_with_its_own_split_and_evaluates(capsys):

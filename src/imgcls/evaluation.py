@@ -12,9 +12,10 @@ from imgcls import checkpoint
 from imgcls.data import Dataset, load_dataset
 from imgcls.data.augment import prepare
 from imgcls.data.core import Split
-from imgcls.device import autocast, pick_device
+from imgcls.device import amp_dtype, autocast, pick_device, use_channels_last
 from imgcls.errors import ImgclsError
 from imgcls.inference import load_model, normalisation
+from imgcls.models import get_model_info
 from imgcls.runs import read_split
 
 
@@ -104,8 +105,13 @@ def evaluate_checkpoint(
     model = load_model(ckpt, where)
     data = checkpoint_data(ckpt, spec, data_dir)
     mean, std = normalisation(ckpt, where)
-    tta = bool(ckpt["config"].get("tta"))  # evaluate as the run did
-    return ckpt, data, evaluate(model, getattr(data, split), mean, std, data.num_classes, batch_size=batch_size, tta=tta)
+    # Evaluate as the run did (TTA, precision, memory format), so the figures match its summary.json exactly.
+    cfg = ckpt["config"]
+    channels_last = use_channels_last(where, get_model_info(ckpt["model"]).convolutional)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    settings = dict(tta=bool(cfg.get("tta")), amp=amp_dtype(where, cfg.get("precision", "auto")), channels_last=channels_last)
+    return ckpt, data, evaluate(model, getattr(data, split), mean, std, data.num_classes, batch_size=batch_size, **settings)
 
 
 def format_per_class(per_class: dict[str, float | None], confusion: torch.Tensor) -> str:
