@@ -1,4 +1,5 @@
 import math
+import os
 
 import pytest
 import torch
@@ -63,6 +64,13 @@ def test_checkpoints_load_with_weights_only_and_carry_what_predict_needs(tmp_pat
         assert ckpt["classes"] == ["c0", "c1", "c2"] and ckpt["mean"] == [0.5] and ckpt["in_shape"] == [1, 12, 12]
         assert ckpt["model"] == "cnn" and ckpt["config"]["epochs"] == 1
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_atomic_writes_give_files_the_umask_mode_not_mkstemps_private_one(tmp_path):
+    checkpoint.atomic_write(tmp_path / "summary.json", lambda f: f.write(b"{}"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def test_same_seed_same_result_on_cpu(tmp_path):

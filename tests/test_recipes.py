@@ -35,7 +35,7 @@ def test_fast_recipe_is_the_default_and_sizes_epochs_by_images_shown():
     assert full.crop_padding == 0 and small.crop_padding == 2  # shifts only when each digit comes back many times
     assert not small.flip and not small.tta  # a mirrored digit is another digit
     cifar = fill_defaults(TrainConfig(), colour())
-    assert cifar.model == "speednet" and cifar.flip and cifar.tta and cifar.label_smoothing > 0 and cifar.epochs == 8
+    assert cifar.model == "speednet" and cifar.flip and cifar.tta and cifar.label_smoothing > 0 and cifar.epochs == 10
 
 
 def test_accurate_recipe_trains_longer_with_more_augmentation():
