@@ -45,6 +45,15 @@ def speednet(in_shape, num_classes, widths: tuple[int, int, int] = (32, 128, 128
     )  # fmt: skip
 
 
+class FlattenChannelsLast(nn.Module):
+    """Flatten in (H, W, C) order: a free view of a channels_last map, whose gradient then has the map's own layout.
+    nn.Flatten copies such a map to (C, H, W) order, and the mismatched gradient layout sent the ReLU's backward pass
+    down a slow strided path: together 20% of a digitnet training step on 2 CPU cores."""
+
+    def forward(self, x):
+        return x.permute(0, 2, 3, 1).flatten(1)
+
+
 @register_model(
     "digitnet", "fast BN-CNN for digits: conv5x5/2(32) > pool > conv3x3(64) > fc128 > fc; the fast recipe's net for MNIST", min_size=8
 )
@@ -60,5 +69,5 @@ def digitnet(in_shape, num_classes, widths: tuple[int, int] = (32, 64), hidden: 
     pool = [nn.AdaptiveAvgPool2d(grid)] if grid != maps else []
     return nn.Sequential(
         *conv_bn(c, widths[0], kernel=5, stride=2, act=nn.ReLU), nn.MaxPool2d(2), *conv_bn(widths[0], widths[1], act=nn.ReLU),
-        *pool, nn.Flatten(), nn.Linear(widths[1] * grid[0] * grid[1], hidden), nn.ReLU(), nn.Linear(hidden, num_classes),
+        *pool, FlattenChannelsLast(), nn.Linear(widths[1] * grid[0] * grid[1], hidden), nn.ReLU(), nn.Linear(hidden, num_classes),
     )  # fmt: skip
