@@ -23,9 +23,9 @@ def test_mnist_two_epochs_reach_the_tutorial_accuracy(capsys, model, target):
     assert summary["test_accuracy"] >= target
 
 
-def test_default_run_reaches_98_5_percent_offline(capsys):
+def test_default_run_reaches_98_percent_offline(capsys):
     summary = train(capsys)
-    assert summary["dataset"] == "mnist-sample" and summary["model"] == "digitnet" and summary["test_accuracy"] >= 0.985
+    assert summary["dataset"] == "mnist-sample" and summary["model"] == "digitnet" and summary["test_accuracy"] >= 0.98
 
 
 def test_fast_recipe_reaches_99_percent_on_mnist(capsys):
