@@ -59,3 +59,15 @@ def test_summary_lists_layers_shapes_and_total():
     text = summarize(create_model("cnn", (3, 32, 32), 10), (3, 32, 32))
     assert "16x6x6" in text and "73,856" in text
     assert "total params 76,922" in text
+
+
+@pytest.mark.parametrize("name", sorted(n for n, info in MODELS.items() if info.convolutional))
+def test_channels_last_gives_the_same_logits(name):
+    """Training and evaluation run conv nets in channels_last on CPU and CUDA; export and MPS do not. The logits must
+    not depend on the memory layout (digitnet flattens in (H, W, C) order, which must hold for both layouts)."""
+    torch.manual_seed(0)
+    model = create_model(name, (1, 28, 28), 10).eval()
+    x = torch.randn(4, 1, 28, 28)
+    plain = model(x)
+    fast = model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(plain, fast, atol=1e-4)
