@@ -287,8 +287,7 @@ def main(argv=None) -> int:
             # Never reached: the cap is a lower bound on the baseline's time, so the speedup is one too.
             result["speedup"] = round((hit[0] if hit else cap) / result["imgcls_seconds"], 1)
             result["speedup_is_lower_bound"] = hit is None
-        imgcls_hit = runs[0][0].reached(base.best)
-        if hit is None and imgcls_hit:
+        if hit is None and (imgcls_hit := runs[0][0].reached(base.best)):
             # The baseline stopped short of the target: compare the time to the best accuracy it did reach instead.
             result["imgcls_seconds_to_baseline_accuracy"] = imgcls_hit[0]
             result["speedup_at_baseline_accuracy"] = round(base.reached(base.best)[0] / imgcls_hit[0], 1)
