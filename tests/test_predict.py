@@ -98,7 +98,9 @@ def digits(tmp_path, digit_run):
     predictor = Predictor.open(digit_run)
     images, labels = sample["test_images"][:60], sample["test_labels"][:60]
     probs = predictor.probabilities(torch.from_numpy(images).unsqueeze(1))
-    sure = [i for i in range(60) if probs[i].argmax() == labels[i] and probs[i].max() > 0.99][:8]
+    # Sure: right with a wide margin (label smoothing 0.1 caps a trained digit model's top probability near 0.91).
+    sure = [i for i in range(60) if probs[i].argmax() == labels[i] and probs[i].max() > 0.85][:8]
+    assert len(sure) == 8, f"the digit run is sure of only {len(sure)} of 60 test digits"
     folder, truth = tmp_path / "mixed", {}
     modes = [
         ("a.png", "L"),

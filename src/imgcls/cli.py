@@ -27,7 +27,7 @@ def _add_train(sub) -> None:
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="sgd is SGD with Nesterov momentum 0.9 [recipe: sgd]")
     p.add_argument("--weight-decay", metavar="WD", type=float, help="[recipe: 5e-4; another optimizer: sgd 5e-4, adam 0, adamw 0.01]")
     p.add_argument("--schedule", choices=["cosine", "onecycle", "step", "none"], help="learning-rate schedule [recipe: onecycle]")
-    p.add_argument("--label-smoothing", metavar="EPS", type=float, help="[recipe: digits 0, others 0.2]")
+    p.add_argument("--label-smoothing", metavar="EPS", type=float, help="[recipe: digits 0.1, others 0.2]")
     p.add_argument("--patience", metavar="N", type=int, help="stop after this many epochs without a better val accuracy; 0 = off [0]")
     p.add_argument("--seed", metavar="N", type=int, help="seed for init, splits, order and augmentation [0]")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="[auto]")
