@@ -178,3 +178,42 @@ def test_parallel_decoding_matches_decoding_in_one_process(tmp_path, monkeypatch
     assert torch.equal(parallel["images"], inline["images"])
     assert parallel["files"] == inline["files"] and len(parallel["files"]) == 18
     assert [s.split(":")[0] for s in parallel["skipped"]] == ["dog/bad.png"]
+
+
+def test_a_symlink_loop_in_a_class_folder_is_skipped_with_a_line(tmp_path, capsys):
+    root = make_folder(tmp_path / "d", per_class=10)
+    (root / "cat" / "loop").symlink_to(root / "cat", target_is_directory=True)  # os.scandir would recurse until ELOOP
+    (root / "dog" / "self").symlink_to(root / "dog" / "self")  # a link to itself: stat fails with ELOOP
+    data = load_dataset(str(root))
+    assert len(data.train) + len(data.val) + len(data.test) == 20
+    err = capsys.readouterr().err
+    assert "skipping cat/loop: a link to a folder already scanned" in err and "skipping dog/self" in err
+
+
+def test_an_empty_class_folder_is_a_clear_error(tmp_path):
+    root = make_folder(tmp_path / "d", per_class=10)
+    (root / "bird").mkdir()
+    (root / "bird" / ".DS_Store").write_bytes(b"x")
+    with pytest.raises(ImgclsError, match=r"d/bird has no files: add images to it or remove it"):
+        load_dataset(str(root))
+
+
+def test_a_class_whose_files_are_all_unreadable_is_a_clear_error(tmp_path):
+    root = make_folder(tmp_path / "d", per_class=10)
+    (root / "bird").mkdir()
+    for i in range(3):
+        (root / "bird" / f"{i}.png").write_bytes(b"not a png")
+    with pytest.raises(ImgclsError, match=r"d/bird has no readable training images"):
+        load_dataset(str(root))
+
+
+def test_a_class_too_small_for_val_and_test_gets_a_warning(tmp_path, capsys):
+    root = make_folder(tmp_path / "d", per_class=10)
+    (root / "bird").mkdir()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(root / "bird" / "only.png")
+    data = load_dataset(str(root))
+    assert data.classes == ["bird", "cat", "dog"] and 0 in data.train.labels.tolist()
+    err = capsys.readouterr().err
+    assert "warning: too few images to put any of bird in val" in err and "in test" in err
+    load_dataset(str(root), split_files=data.split_files)  # a replayed split (resume, evaluate) does not warn again
+    assert "warning" not in capsys.readouterr().err

@@ -77,3 +77,19 @@ def test_bad_recipe_or_precision_is_one_clear_error(cfg, message):
 def test_dropout_with_the_recipe_model_is_refused_before_training():
     with pytest.raises(ImgclsError, match="--dropout applies to: mlp; model 'digitnet'"):
         fill_defaults(TrainConfig(dropout=0.3), digits())
+
+
+@pytest.mark.parametrize("recipe", ["fast", "accurate"])
+def test_settings_derived_from_the_epoch_count_use_the_users_epochs(recipe):
+    # One pass with shifts left a 1-epoch run anywhere between 67% and 96% depending on the seed.
+    one = fill_defaults(TrainConfig(recipe=recipe, epochs=1), digits(9000))
+    assert one.epochs == 1 and one.crop_padding == 0 and one.rotate == 0
+    many = fill_defaults(TrainConfig(recipe=recipe, epochs=20), digits(54000))
+    assert many.epochs == 20 and many.crop_padding == 2
+
+
+def test_tta_follows_the_users_flip_setting():
+    assert not fill_defaults(TrainConfig(flip=False), colour()).tta
+    assert fill_defaults(TrainConfig(flip=True), digits()).tta
+    both = fill_defaults(TrainConfig(flip=False, tta=True), colour())  # both set: each as given
+    assert not both.flip and both.tta

@@ -95,7 +95,8 @@ def check(cfg: TrainConfig) -> None:
 def fill_defaults(cfg: TrainConfig, data: Dataset) -> TrainConfig:
     """Every unset option from the recipe's settings for this data; lr and weight decay follow the
     optimizer when the user picked another one than the recipe's."""
-    values, recipe = cfg.to_dict(), recipe_settings(cfg.recipe, data)
+    values = cfg.to_dict()
+    recipe = recipe_settings(cfg.recipe, data, {k: v for k, v in values.items() if v is not None})
     own_optimizer = cfg.optimizer is not None and cfg.optimizer != recipe["optimizer"]
     if own_optimizer:
         recipe.update(lr=DEFAULT_LR[cfg.optimizer], weight_decay=DEFAULT_WEIGHT_DECAY[cfg.optimizer])

@@ -47,21 +47,40 @@ def _class_dirs(folder: Path) -> list[str]:
 def _files(root: Path, folder: Path) -> list[tuple[str, int, int]]:
     """(path relative to root, size, mtime) of every non-hidden file below folder, sorted.
 
+    Symbolic links are followed, but a folder already seen (a link loop, or two links to one folder) is listed once,
+    with a line saying so: following a loop would recurse until the path is too long (ELOOP).
     os.scandir, whose entries carry their type, instead of Path.rglob: five times faster on 60,000 files."""
     found = []
+    seen = {_identity(folder)}
     pending = [(str(folder), folder.relative_to(root).as_posix())]
     while pending:
         path, prefix = pending.pop()
-        with os.scandir(path) as entries:
-            for e in entries:
-                if e.name.startswith("."):
-                    continue
+        try:
+            entries = list(os.scandir(path))
+        except OSError as e:
+            print(f"skipping {prefix}/: cannot list it ({e.strerror or e})", file=sys.stderr)
+            continue
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            try:
                 if e.is_dir():
+                    if _identity(e.path) in seen:
+                        print(f"skipping {prefix}/{e.name}: a link to a folder already scanned (a loop?)", file=sys.stderr)
+                        continue
+                    seen.add(_identity(e.path))
                     pending.append((e.path, f"{prefix}/{e.name}"))
                 elif e.is_file():
                     st = e.stat()
                     found.append((f"{prefix}/{e.name}", st.st_size, st.st_mtime_ns))
+            except OSError as err:  # a link loop onto itself, a file removed while scanning
+                print(f"skipping {prefix}/{e.name}: {err.strerror or err}", file=sys.stderr)
     return sorted(found)
+
+
+def _identity(path: str | Path) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def scan(root: Path) -> tuple[list[str], list[Entry]]:
@@ -93,7 +112,27 @@ def scan(root: Path) -> tuple[list[str], list[Entry]]:
                 entries += [Entry(rel, index, split, size, mtime) for rel, size, mtime in _files(root, top / name)]
     if not entries:
         raise ImgclsError(f"{root} has class folders but no files in them: add images to each class folder")
+    train_top = tops.get("train", root)
+    _check_every_class_has_training_images(classes, [e.label for e in entries if e.split in (None, "train")], train_top, "files")
     return classes, entries
+
+
+def _check_every_class_has_training_images(classes: list[str], labels: list[int], where: Path, what: str) -> None:
+    """A class with no training images cannot be learnt and would only skew the metrics."""
+    counts = Counter(labels)
+    empty = [f"{where / c}" for i, c in enumerate(classes) if counts[i] == 0]
+    if empty:
+        them = "them" if len(empty) > 1 else "it"
+        raise ImgclsError(f"{', '.join(empty)} {'have' if len(empty) > 1 else 'has'} no {what}: add images to {them} or remove {them}")
+
+
+def _warn_small_classes(classes: list[str], index: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
+    """A class with too few images to reach val or test is trained on but never measured: say so."""
+    for s in ("val", "test"):
+        missing = sorted(set(range(len(classes))) - set(labels[index[s]].tolist()))
+        if missing:
+            names, them = ", ".join(classes[i] for i in missing), "them" if len(missing) > 1 else "it"
+            print(f"warning: too few images to put any of {names} in {s}: {s} accuracy leaves {them} out; add images", file=sys.stderr)
 
 
 def _cache_key(root: Path, entries: list[Entry], channels, image_size) -> str:
@@ -263,6 +302,10 @@ def load_folder(
     for s in SPLITS:
         if len(index[s]) == 0:
             raise ImgclsError(f"{root} leaves no images for the {s} split: add more images per class")
+    train_top = root / "train" if (root / "train").is_dir() else root
+    _check_every_class_has_training_images(classes, labels[index["train"]].tolist(), train_top, "readable training images")
+    if split_files is None:
+        _warn_small_classes(classes, index, labels)
     images = decoded["images"]
     parts = {s: Split(images[index[s]], labels[index[s]]) for s in SPLITS}
     mean, std = channel_stats(parts["train"].images)
