@@ -35,13 +35,13 @@ class ImageTooLarge(ImageReadError):
 @contextmanager
 def decoding() -> Iterator[None]:
     """Turns any exception while opening or decoding one image into that image's ImageReadError, whatever its type:
-    hostile files make Pillow raise TypeError, OverflowError, struct.error and others besides OSError and ValueError.
+    fuzzed files make Pillow raise TypeError and OverflowError, not only OSError and ValueError.
     MemoryError too; KeyboardInterrupt is no Exception and still stops the program."""
     try:
         with warnings.catch_warnings():
             # Pillow's warnings name no file and ask nothing of the user: a DecompressionBombWarning is moot under
-            # MAX_PIXELS, the palette-transparency one is harmless. (catch_warnings is not thread-safe; interleaved
-            # threads can only leave this same filter behind.)
+            # MAX_PIXELS, the palette-transparency one is harmless. (catch_warnings is not thread-safe: decoding
+            # threads that interleave can at worst leave this filter installed.)
             warnings.filterwarnings("ignore", module=r"PIL\.")
             yield
     except ImageReadError:
