@@ -17,7 +17,7 @@ from PIL import Image
 
 from imgcls import checkpoint
 from imgcls.data.augment import prepare
-from imgcls.data.images import DECODE_ERRORS, load_image, read_image
+from imgcls.data.images import ImageReadError, load_image, read_image
 from imgcls.device import pick_device
 from imgcls.errors import ImgclsError
 from imgcls.models import create_model
@@ -197,8 +197,8 @@ def predict_files(predictor: Predictor, files: list[Path], batch_size: int = 256
             try:
                 images.append(predictor.read(path))
                 results.append(FileResult(path, None, None))
-            except DECODE_ERRORS as e:
-                results.append(FileResult(path, None, None, f"{type(e).__name__}: {e}"))
+            except ImageReadError as e:  # whatever went wrong in the decoder, over the pixel cap included
+                results.append(FileResult(path, None, None, str(e)))
         probs = iter(predictor.probabilities(np.stack(images), batch_size) if images else [])
         pixels = iter(images)
         for result in results:

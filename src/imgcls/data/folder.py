@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from imgcls.checkpoint import atomic_save
 from imgcls.data.core import Dataset, Split, channel_stats, stratified_split
-from imgcls.data.images import DECODE_ERRORS, is_grey, peek, read_image
+from imgcls.data.images import ImageReadError, is_grey, peek, read_image
 from imgcls.errors import ImgclsError
 from imgcls.interrupt import CtrlC
 from imgcls.paths import cache_dir
@@ -177,18 +177,15 @@ def _map_chunks(fn, rels: list[str], desc: str) -> list:
     return results
 
 
-def _reason(error: Exception) -> str:
-    return f"{type(error).__name__}: {error}"
-
-
 def _peek_chunk(root: Path, rels: list[str]) -> list:
-    """(mode, (H, W)) of each file, or why it cannot be opened."""
+    """(mode, (H, W)) of each file, or why it cannot be opened. Nothing may escape: in a worker process it would end
+    the whole decode, so every failure is the file's ImageReadError (images.py)."""
     headers = []
     for rel in rels:
         try:
             headers.append(peek(root / rel))
-        except DECODE_ERRORS as e:
-            headers.append(_reason(e))
+        except ImageReadError as e:
+            headers.append(str(e))
     return headers
 
 
@@ -200,8 +197,8 @@ def _read_chunk(root: Path, channels: int, size: tuple[int, int], rels: list[str
         try:
             pixels[i] = read_image(root / rel, channels, size)
             failures.append(None)
-        except DECODE_ERRORS as e:
-            failures.append(_reason(e))
+        except ImageReadError as e:
+            failures.append(str(e))
     return pixels, failures
 
 

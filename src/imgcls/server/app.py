@@ -12,13 +12,12 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
-from imgcls.data.images import DECODE_ERRORS
+from imgcls.data.images import ImageReadError, ImageTooLarge, decoding
 from imgcls.inference import Predictor
 
 STATIC = Path(__file__).parent / "static"
 # What Image.open may parse: common raster formats only, so no upload reaches Ghostscript (EPS) or exotic decoders.
 FORMATS = ["PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM", "ICO"]
-MAX_PIXELS = 50_000_000  # a small file can still declare a huge image; refuse before decoding it
 MAX_BATCH = 32  # uploads decoded and predicted together at most
 
 
@@ -69,12 +68,12 @@ class BodyLimit:
 def decode(predictor: Predictor, data: bytes) -> np.ndarray:
     """Upload bytes to the model's uint8 input, in memory, with the training preprocessing; HTTP errors for bad images."""
     try:
-        with Image.open(io.BytesIO(data), formats=FORMATS) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise HTTPException(413, f"image too large: {image.width}x{image.height} pixels, the limit is {MAX_PIXELS:,}")
-            return predictor.preprocess(image)
-    except DECODE_ERRORS as e:
-        raise HTTPException(422, f"not a readable image ({', '.join(FORMATS)}): {type(e).__name__}: {e}") from None
+        with decoding(), Image.open(io.BytesIO(data), formats=FORMATS) as image:
+            return predictor.preprocess(image)  # refuses an image over images.MAX_PIXELS from its header
+    except ImageTooLarge as e:
+        raise HTTPException(413, str(e)) from None
+    except ImageReadError as e:  # any exception from the decoder: only this upload fails, not its batch
+        raise HTTPException(422, f"not a readable image ({', '.join(FORMATS)}): {e}") from None
 
 
 class Batcher:
