@@ -21,6 +21,7 @@ def serve(
     top_k: int = 5,
     max_bytes: int = DEFAULT_MAX_BYTES,
     access_log: bool = False,
+    upload_timeout: float = 30.0,
 ) -> None:
     try:
         import fastapi  # noqa: F401
@@ -30,10 +31,10 @@ def serve(
         raise missing_extra("imgcls serve", "serve", e) from None
     from imgcls.server.app import create_app
 
-    if top_k < 1 or max_bytes < 1:
-        raise ImgclsError("--top-k and --max-upload-mb must be positive")
+    if top_k < 1 or max_bytes < 1 or not upload_timeout > 0:
+        raise ImgclsError("--top-k, --max-upload-mb and --upload-timeout must be positive")
     predictor = Predictor.open(checkpoint, backend, device)  # once, for every request
-    app = create_app(predictor, top_k=top_k, max_bytes=max_bytes)
+    app = create_app(predictor, top_k=top_k, max_bytes=max_bytes, upload_timeout=upload_timeout)
     try:  # a clear message instead of uvicorn's log line and exit when the port is taken
         with socket.create_server((host, port)):
             pass
