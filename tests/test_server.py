@@ -281,3 +281,14 @@ def test_a_stalled_upload_gets_a_408_and_its_connection_closed(impatient, mnist)
             time.sleep(UPLOAD_TIMEOUT / 3)
         answer = read_all(sock)
     assert answer.startswith(b"HTTP/1.1 200 ") and b'"predictions"' in answer, answer
+
+
+def test_a_connection_that_never_completes_its_request_head_is_closed(impatient):
+    """uvicorn alone waits forever for a request line and headers; here they get the upload timeout too."""
+    port, _ = impatient
+    for sent in [b"", b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"]:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(sent)
+            start = time.monotonic()
+            assert read_all(sock) == b""
+        assert time.monotonic() - start < UPLOAD_TIMEOUT + 3

@@ -30,6 +30,7 @@ def serve(
     except ImportError as e:
         raise missing_extra("imgcls serve", "serve", e) from None
     from imgcls.server.app import create_app
+    from imgcls.server.protocol import with_head_timeout
 
     if top_k < 1 or max_bytes < 1 or not upload_timeout > 0:
         raise ImgclsError("--top-k, --max-upload-mb and --upload-timeout must be positive")
@@ -47,4 +48,5 @@ def serve(
     )
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: --host {host} makes the server reachable from other machines", file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level="info" if access_log else "warning", access_log=access_log)
+    uvicorn.run(app, host=host, port=port, log_level="info" if access_log else "warning", access_log=access_log,
+                http=with_head_timeout(upload_timeout))  # fmt: skip
