@@ -2,6 +2,8 @@ import io
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
@@ -15,7 +17,9 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2")  # starlette now prefers httpx2 for TestClient; httpx still works
     from fastapi.testclient import TestClient
 
+from conftest import free_port  # noqa: E402
 from imgcls.inference import Predictor  # noqa: E402
+from imgcls.server import app as app_module  # noqa: E402
 from imgcls.server.app import create_app  # noqa: E402
 
 CAP = 200_000  # bytes: small, so a "huge" upload stays cheap
@@ -148,6 +152,8 @@ def test_serve_refuses_clearly_before_starting(digit_run, tmp_path, capsys, monk
         taken.listen()
         assert main(["serve", str(digit_run), "--port", str(taken.getsockname()[1])]) == 2
     assert "cannot listen on 127.0.0.1:" in capsys.readouterr().err
+    assert main(["serve", str(digit_run), "--upload-timeout", "0"]) == 2
+    assert "--upload-timeout must be positive" in capsys.readouterr().err
     monkeypatch.setitem(sys.modules, "uvicorn", None)  # as if the serve extra were not installed
     assert main(["serve", str(digit_run)]) == 2
     assert "pip install 'imgcls[serve]'" in capsys.readouterr().err
@@ -172,3 +178,117 @@ def test_a_bad_upload_in_a_batch_fails_alone(client, mnist, predictor):
             assert response.status_code == 422 and "not a readable image" in response.json()["detail"]
         else:
             assert response.status_code == 200 and response.json()["predictions"][0]["label"] == expected[i]
+
+
+def test_a_slow_decode_does_not_hold_up_the_other_uploads(predictor, mnist, monkeypatch):
+    """Uploads decode on a pool as they arrive and only forward passes are batched: while three uploads take
+    2 s each to decode (say, large 16-bit images), a normal one is still answered at once."""
+    digit = png(mnist[0][0])
+    decode = app_module.decode
+
+    def slow_decode(predictor, data):
+        if data.startswith(b"slow"):
+            time.sleep(2)
+            data = data[4:]
+        return decode(predictor, data)
+
+    monkeypatch.setattr(app_module, "decode", slow_decode)
+    with TestClient(create_app(predictor, top_k=3, max_bytes=CAP)) as client, ThreadPoolExecutor(3) as pool:
+        start = time.monotonic()
+        slow = [pool.submit(post, client, b"slow" + digit) for _ in range(3)]
+        time.sleep(0.3)  # the slow ones are decoding
+        normal = post(client, digit)
+        normal_seconds = time.monotonic() - start
+        assert [f.result().status_code for f in slow] == [200] * 3 and time.monotonic() - start >= 2
+    assert normal.status_code == 200 and normal_seconds < 1.5, normal_seconds
+
+
+UPLOAD_TIMEOUT = 1.0  # seconds: short, so the stall tests are quick
+
+
+@pytest.fixture(scope="module")
+def impatient(digit_run, tmp_path_factory):
+    """`imgcls serve --upload-timeout 1` in a subprocess: its port and the file its output goes to."""
+    port, log = free_port(), tmp_path_factory.mktemp("serve") / "serve.log"
+    with open(log, "w") as out:
+        command = [sys.executable, "-m", "imgcls", "serve", str(digit_run), "--port", str(port), "--upload-timeout", str(UPLOAD_TIMEOUT)]
+        server = subprocess.Popen(command, stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, f"imgcls serve did not start: {log.read_text()}"
+                time.sleep(0.2)
+        yield port, log
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+BOUNDARY = "b0undary"
+PART = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="x.png"\r\nContent-Type: image/png\r\n\r\n'.encode()
+
+
+def request_head(length: int, connection="keep-alive") -> bytes:
+    """Request line and headers of a multipart upload whose body is `length` bytes."""
+    return (
+        f"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {length}\r\nConnection: {connection}\r\n\r\n"
+    ).encode()
+
+
+def read_all(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (10 s at most between two reads)."""
+    sock.settimeout(10)
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_an_aborted_upload_logs_one_line(impatient):
+    port, log = impatient
+    before = len(log.read_text().splitlines())
+    for _ in range(3):
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(request_head(100_000) + PART + b"\0" * 1000)
+            time.sleep(0.1)  # the server is reading the body
+    deadline = time.monotonic() + 10
+    while len(lines := log.read_text().splitlines()[before:]) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(lines) == 3 and all("client disconnected during the upload" in line for line in lines), lines
+
+
+def test_a_stalled_upload_gets_a_408_and_its_connection_closed(impatient, mnist):
+    port, log = impatient
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(request_head(100_000) + PART + b"\0" * 1000)  # then nothing
+        start = time.monotonic()
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"connection: close" in answer.lower() and b"no data for 1 s" in answer, answer
+    assert UPLOAD_TIMEOUT <= time.monotonic() - start < UPLOAD_TIMEOUT + 3
+    assert "upload stalled" in log.read_text()
+
+    # An upload that is slow but keeps sending is no stall, even when it takes longer than the timeout.
+    body = PART + png(mnist[0][0]) + f"\r\n--{BOUNDARY}--\r\n".encode()
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(request_head(len(body), "close"))
+        for piece in np.array_split(np.frombuffer(body, np.uint8), 5):
+            sock.sendall(piece.tobytes())
+            time.sleep(UPLOAD_TIMEOUT / 3)
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 200 ") and b'"predictions"' in answer, answer
+
+
+def test_a_connection_that_never_completes_its_request_head_is_closed(impatient):
+    """uvicorn alone waits forever for a request line and headers; here they get the upload timeout too."""
+    port, _ = impatient
+    for sent in [b"", b"POST /predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"]:
+        with socket.create_connection(("127.0.0.1", port)) as sock:
+            sock.sendall(sent)
+            start = time.monotonic()
+            assert read_all(sock) == b""
+        assert time.monotonic() - start < UPLOAD_TIMEOUT + 3

@@ -139,6 +139,7 @@ def _add_serve(sub) -> None:
     p.add_argument("--top-k", metavar="K", type=int, default=5, help="classes returned per image [5]")
     p.add_argument("--max-upload-mb", metavar="MB", type=float, default=10, help="largest request accepted [10]")
     p.add_argument("--access-log", action="store_true", help="log every request")
+    p.add_argument("--upload-timeout", metavar="S", type=float, default=30, help="408 for an upload that sends nothing for S seconds [30]")
     p.set_defaults(func=cmd_serve)
 
 
@@ -288,7 +289,7 @@ def cmd_serve(args) -> int:
     from imgcls.server import serve
 
     serve(args.checkpoint, host=args.host, port=args.port, backend=args.backend, device=args.device, top_k=args.top_k,
-          max_bytes=int(args.max_upload_mb * 2**20), access_log=args.access_log)  # fmt: skip
+          max_bytes=int(args.max_upload_mb * 2**20), access_log=args.access_log, upload_timeout=args.upload_timeout)  # fmt: skip
     return 0
 
 

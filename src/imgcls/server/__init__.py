@@ -21,6 +21,7 @@ def serve(
     top_k: int = 5,
     max_bytes: int = DEFAULT_MAX_BYTES,
     access_log: bool = False,
+    upload_timeout: float = 30.0,
 ) -> None:
     try:
         import fastapi  # noqa: F401
@@ -29,11 +30,12 @@ def serve(
     except ImportError as e:
         raise missing_extra("imgcls serve", "serve", e) from None
     from imgcls.server.app import create_app
+    from imgcls.server.protocol import with_head_timeout
 
-    if top_k < 1 or max_bytes < 1:
-        raise ImgclsError("--top-k and --max-upload-mb must be positive")
+    if top_k < 1 or max_bytes < 1 or not upload_timeout > 0:
+        raise ImgclsError("--top-k, --max-upload-mb and --upload-timeout must be positive")
     predictor = Predictor.open(checkpoint, backend, device)  # once, for every request
-    app = create_app(predictor, top_k=top_k, max_bytes=max_bytes)
+    app = create_app(predictor, top_k=top_k, max_bytes=max_bytes, upload_timeout=upload_timeout)
     try:  # a clear message instead of uvicorn's log line and exit when the port is taken
         with socket.create_server((host, port)):
             pass
@@ -46,4 +48,5 @@ def serve(
     )
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: --host {host} makes the server reachable from other machines", file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level="info" if access_log else "warning", access_log=access_log)
+    uvicorn.run(app, host=host, port=port, log_level="info" if access_log else "warning", access_log=access_log,
+                http=with_head_timeout(upload_timeout))  # fmt: skip
