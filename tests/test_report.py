@@ -1,6 +1,7 @@
 import base64
 import json
 import shutil
+from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from conftest import chromium, cli_train, make_folder
 from imgcls.cli import main
 from imgcls.data.augment import Augment, denormalize, prepare
 from imgcls.data.registry import CIFAR_MEAN, CIFAR_STD, MNIST_MEAN, MNIST_STD
-from imgcls.report import PLOTS, plots
+from imgcls.report import PLOTS, plots, write_report
 from imgcls.report.interpret import top_losses
 
 pytestmark = pytest.mark.report
@@ -235,3 +236,51 @@ def test_report_renders_every_image_in_headless_chromium(trained_run):
     assert sorted(t for t, _, _ in images) == sorted(PLOTS)
     assert all(complete and width > 0 for _, complete, width in images), images
     assert all(url.startswith(("file:", "data:")) for url in requests), requests  # no network
+
+
+# --- names drawn as written ---------------------------------------------------------------------------------
+
+MATH_LIKE = ["$x$", "a$b", "50$", "\\alpha", "$x_$"]  # math text to Matplotlib, which cannot parse the last one
+
+
+def drawn_strings(fig) -> list[tuple[str, bool]]:
+    """Every string the Agg renderer draws, with whether it was drawn as math text."""
+    canvas = FigureCanvasAgg(fig)
+    renderer = canvas.get_renderer()
+    drawn, draw_text = [], renderer.draw_text
+
+    def record(gc, x, y, s, prop, angle, ismath=False, mtext=None):
+        drawn.append((s, bool(ismath)))
+        return draw_text(gc, x, y, s, prop, angle, ismath, mtext)
+
+    renderer.draw_text = record
+    canvas.draw()
+    return drawn
+
+
+def test_class_and_file_names_with_dollars_are_drawn_literally(tmp_path):
+    k = len(MATH_LIKE)
+    labels = torch.arange(8) % k
+    logits = torch.nn.functional.one_hot((labels + 1) % k, k).float() * 3  # every image wrong: both names in each title
+    images = torch.randint(0, 256, (8, 1, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    history = [{"epoch": 1, "train_loss": 1.0, "train_acc": 0.5, "val_loss": 1.0, "val_acc": 0.5, "lr": 0.1, "seconds": 1.0}]
+    page = write_report(tmp_path, MATH_LIKE, images, labels, logits, history=history, config={"data": "$5 bills"}, summary={})
+    for name in PLOTS:
+        assert_png(tmp_path / name, min_side=100)
+    html = page.read_text()
+    assert all(escape(c) in html for c in MATH_LIKE) and "<td>a$b</td>" in html
+    probs = logits.softmax(1)
+    confusion = torch.ones(k, k, dtype=torch.long)
+    index, losses = top_losses(probs.log(), labels, 8)
+    figures = [
+        plots.confusion_figure(confusion, MATH_LIKE),
+        plots.per_class_figure(confusion, MATH_LIKE),
+        plots.samples_figure(images, labels, probs.argmax(1), MATH_LIKE),
+        plots.top_losses_figure(images[index], labels[index], probs[index], losses, MATH_LIKE),
+        plots.predictions_figure(images[:2], probs[:2], MATH_LIKE, titles=["a$b.png", "50$.png"]),
+        plots.preview_figure(images, labels, MATH_LIKE, 2, "$5 bills: a preview"),
+    ]
+    for fig in figures:
+        drawn = drawn_strings(fig)
+        assert not any(math for s, math in drawn if "$" in s or "\\" in s), drawn
+        assert any(c in s for s, _ in drawn for c in MATH_LIKE), drawn

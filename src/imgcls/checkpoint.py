@@ -11,6 +11,8 @@ import torch
 from imgcls.errors import ImgclsError
 
 FORMAT = "imgcls-checkpoint-v1"
+KEYS = ("model", "in_shape", "classes", "mean", "std", "config", "state_dict")  # what every reader of a checkpoint uses
+RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng")  # what last.pt adds to its "progress" for --resume
 
 
 def _file_mode() -> int:
@@ -66,5 +68,10 @@ def load(path: str | os.PathLike, which: str = "best") -> dict:
         raise ImgclsError(f"cannot read checkpoint {path} ({type(e).__name__}): it is damaged or not an imgcls checkpoint") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ImgclsError(f"{path} is not an imgcls checkpoint: pass a run folder or a best.pt/last.pt written by `imgcls train`")
+    missing = [key for key in (*KEYS, *(RESUME_KEYS if "progress" in ckpt else ())) if key not in ckpt]
+    if missing:
+        raise ImgclsError(
+            f"{path} lacks {', '.join(repr(k) for k in missing)}: it was edited or written by another version; retrain or use the run's own best.pt"
+        )
     ckpt["path"] = str(path)
     return ckpt

@@ -1,6 +1,7 @@
 """The `imgcls` command line: train, evaluate, report, predict, export, serve, datasets, models."""
 
 import argparse
+import math
 import os
 import sys
 from pathlib import Path
@@ -189,7 +190,7 @@ def cmd_train(args) -> int:
                 raise ImgclsError(f"--resume continues with the run's saved settings: drop {flags}")
             run_dir, summary = resume(args.resume, loggers=loggers)
         else:
-            run_dir, summary = train(TrainConfig(**given), out=args.out, loggers=loggers)
+            run_dir, summary = train(TrainConfig(**given), out=writable("--out", args.out, folder=True), loggers=loggers)
     except Interrupted as stop:
         print(
             f"\ninterrupted: progress saved in {stop.run_dir / 'last.pt'}\nresume with: imgcls train --resume {stop.run_dir}",
@@ -214,9 +215,31 @@ def _loggers(args) -> list:
     return [*([TensorBoardLogger()] if args.tensorboard else []), *([VisdomLogger(args.visdom)] if args.visdom else [])]
 
 
+def writable(option: str, path: str | None, folder: bool = False) -> Path | None:
+    """An output path option, refused before any work when a file stands where a folder is needed (or, for a file
+    option, a folder where the file would go)."""
+    if path is None:
+        return None
+    path = Path(path).expanduser()
+    if not folder and path.is_dir():
+        raise ImgclsError(f"{option} {path} is a folder: give a file name in it, such as {path / 'out.png'}")
+    for above in path.parents if not folder else (path, *path.parents):
+        if above.exists() and not above.is_dir():
+            where = "is a file, not a folder" if above == path else f"lies under {above}, which is a file"
+            raise ImgclsError(f"{option} {path} {where}: choose another {option}")
+    return path
+
+
+def positive(option: str, value: float, integer: bool = True) -> None:
+    """Numbers (NaN and infinity excluded) that must be above zero, or at least 1 for counts."""
+    if not (value >= 1 if integer else 0 < value < math.inf):
+        raise ImgclsError(f"{option} must be {'at least 1' if integer else 'a positive number'}, got {value}")
+
+
 def cmd_report(args) -> int:
     from imgcls.report import PLOTS, report_run
 
+    positive("--batch-size", args.batch_size)
     path = report_run(args.run, args.data_dir, args.device, args.batch_size)
     print(f"saved {', '.join(PLOTS)} and {path.name} in {path.parent}\nopen {path}")
     return 0
@@ -226,13 +249,15 @@ def cmd_evaluate(args) -> int:
     from imgcls.evaluation import evaluate_checkpoint, format_confusion, format_per_class, write_confusion_csv
     from imgcls.runs import write_json
 
+    positive("--batch-size", args.batch_size)
+    out = writable("--out", args.out, folder=True)
     ckpt, data, result = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.split, args.device, args.batch_size)
     per_class = result.per_class_accuracy(data.classes)
     images = int(result.confusion.sum())
     print(f"{data.name} {args.split}: {images:,} images, loss {result.loss:.4f}, accuracy {result.accuracy:.2%}\n")
     print(format_per_class(per_class, result.confusion) + "\n")
     print(format_confusion(result.confusion, data.classes))
-    out = Path(args.out) if args.out else Path(ckpt["path"]).parent
+    out = out or Path(ckpt["path"]).parent
     out.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = out / f"confusion_matrix_{args.split}.csv", out / f"evaluation_{args.split}.json"
     write_confusion_csv(result.confusion, data.classes, csv_path)
@@ -253,8 +278,9 @@ def cmd_predict(args) -> int:
 
     from imgcls.inference import Predictor, collect_files, format_predictions, predict_files
 
-    if args.top_k < 1 or args.batch_size < 1:
-        raise ImgclsError("--top-k and --batch-size must be at least 1")
+    positive("--top-k", args.top_k)
+    positive("--batch-size", args.batch_size)
+    writable("--plot", args.plot)
     predictor = Predictor.open(args.checkpoint, args.backend, args.device)
     files = collect_files(args.paths)
     results = list(predict_files(predictor, files, args.batch_size, keep_images=PLOT_LIMIT if args.plot else 0))
@@ -277,6 +303,10 @@ def cmd_predict(args) -> int:
 def cmd_export(args) -> int:
     from imgcls.export import export
 
+    if not 0 <= args.tolerance < math.inf:
+        raise ImgclsError(f"--tolerance must be zero or a positive number, got {args.tolerance}")
+    positive("--parity-images", args.parity_images)
+    writable("--out", args.out)
     result = export(args.checkpoint, args.format, args.out, args.tolerance, args.parity_images)
     print(
         f"parity on {result.inputs} (batches of 1 and all): max abs difference on logits {result.max_abs_diff:.3g} (tolerance {args.tolerance:g})"
@@ -288,6 +318,7 @@ def cmd_export(args) -> int:
 def cmd_serve(args) -> int:
     from imgcls.server import serve
 
+    positive("--max-upload-mb", args.max_upload_mb, integer=False)
     serve(args.checkpoint, host=args.host, port=args.port, backend=args.backend, device=args.device, top_k=args.top_k,
           max_bytes=int(args.max_upload_mb * 2**20), access_log=args.access_log, upload_timeout=args.upload_timeout)  # fmt: skip
     return 0
@@ -305,16 +336,19 @@ def cmd_datasets(args) -> int:
     return 0
 
 
+MAX_PER_CLASS = 100  # the grid is half an inch per image: wider stops being viewable (and past ~1,300 Agg cannot draw it)
+
+
 def show_dataset(args) -> int:
     from imgcls.data import dataset_name, load_dataset
     from imgcls.report import format_class_counts, write_preview
 
-    if args.per_class < 1:
-        raise ImgclsError(f"--per-class must be positive, got {args.per_class}")
+    if not 1 <= args.per_class <= MAX_PER_CLASS:
+        raise ImgclsError(f"--per-class must be between 1 and {MAX_PER_CLASS}, got {args.per_class}")
+    path = writable("--out", args.out) or Path(f"{dataset_name(args.show)}-samples.png")
     data = load_dataset(args.show, data_dir=args.data_dir)
     print(f"{data.name}: {data.num_classes} classes, {'x'.join(map(str, data.shape))} images\n")
     print(format_class_counts(data))
-    path = Path(args.out or f"{dataset_name(args.show)}-samples.png")
     write_preview(data, path, args.per_class)
     print(f"\nsaved {args.per_class} training images per class to {path}")
     return 0
@@ -327,9 +361,10 @@ def cmd_models(args) -> int:
     if args.summary:
         try:
             shape = tuple(int(v) for v in args.input.split(","))
-            assert len(shape) == 3
+            assert len(shape) == 3 and min(shape) >= 1
         except (ValueError, AssertionError):
-            raise ImgclsError(f"--input must be C,H,W such as 3,32,32, got '{args.input}'") from None
+            raise ImgclsError(f"--input must be C,H,W sizes of at least 1, such as 3,32,32, got '{args.input}'") from None
+        positive("--classes", args.classes)
         print(summarize(create_model(args.summary, shape, args.classes), shape))
         return 0
     width = max(len(n) for n in MODELS)
@@ -358,3 +393,7 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # the last resort for what no check foresaw: permissions, a full disk, a file in a folder's place
+        where = " -> ".join(str(name) for name in (e.filename, e.filename2) if name is not None)
+        print(f"imgcls: error: {where + ': ' if where else ''}{e.strerror or e}: check the path, its permissions and free space", file=sys.stderr)
+        return 2

@@ -1,5 +1,7 @@
 """Training configuration: what the user set, filled in with defaults that suit the dataset and optimizer."""
 
+import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 
 from imgcls.data.augment import Augment
@@ -15,6 +17,22 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # For an optimizer other than the recipe's, whose tuned lr and decay would not fit it.
 DEFAULT_LR = {"sgd": 0.05, "adam": 4e-3, "adamw": 4e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.01}
+# The type and values of each numeric setting, and how to say so. NaN fails every comparison, so it is refused too.
+LIMITS = {
+    "epochs": (int, lambda v: v >= 1, "positive"),
+    "batch_size": (int, lambda v: v >= 1, "positive"),
+    "lr": (float, lambda v: 0 < v < math.inf, "positive and finite"),
+    "momentum": (float, lambda v: 0 <= v < 1, "in [0, 1)"),
+    "weight_decay": (float, lambda v: 0 <= v < math.inf, "zero or more and finite"),
+    "label_smoothing": (float, lambda v: 0 <= v < 1, "in [0, 1)"),
+    "patience": (int, lambda v: v >= 0, "zero or more"),
+    "seed": (int, lambda v: -(2**63) <= v < 2**64, "a 64-bit integer"),  # what torch.manual_seed takes
+    "val_fraction": (float, lambda v: 0 < v < 1, "between 0 and 1"),
+    "image_size": (int, lambda v: v >= 1, "positive"),
+    "dropout": (float, lambda v: 0 <= v < 1, "in [0, 1)"),
+    "crop_padding": (int, lambda v: v >= 0, "zero or more"),
+    "rotate": (float, lambda v: 0 <= v <= 180, "between 0 and 180 degrees"),
+}
 
 
 @dataclass
@@ -77,16 +95,18 @@ def check(cfg: TrainConfig) -> None:
     ):
         if value is not None and value not in choices:
             raise ImgclsError(f"unknown {name} '{value}': choose one of {', '.join(choices)}")
-    for name, low in (("epochs", 1), ("batch_size", 1), ("patience", 0)):
-        value = getattr(cfg, name)
-        if value is not None and value < low:
-            raise ImgclsError(f"--{name.replace('_', '-')} must be {'positive' if low else 'zero or more'}, got {value}")
-    if cfg.lr is not None and not cfg.lr > 0:
-        raise ImgclsError(f"--lr must be positive, got {cfg.lr}")
-    if not 0 < cfg.val_fraction < 1:
-        raise ImgclsError(f"--val-fraction must be between 0 and 1, got {cfg.val_fraction}")
-    if cfg.label_smoothing is not None and not 0 <= cfg.label_smoothing < 1:
-        raise ImgclsError(f"--label-smoothing must be in [0, 1), got {cfg.label_smoothing}")
+    for name, (kind, allowed, wanted) in LIMITS.items():
+        value, flag = getattr(cfg, name), "--" + name.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral if kind is int else numbers.Real):
+            raise ImgclsError(f"{flag} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+        if not allowed(value):
+            raise ImgclsError(f"{flag} must be {wanted}, got {value}")
+    if cfg.precision == "fp16" and pick_device(cfg.device).type == "cpu":
+        # Refused rather than warned about: CPU fp16 autocast has no fast kernels and trains ~90x slower than fp32,
+        # so the run would look hung and a warning scrolls away; nothing is lost by asking for another precision.
+        raise ImgclsError("--precision fp16 runs ~90x slower than fp32 on a CPU: use --precision auto (bf16 where the CPU has it) or fp32")
     if cfg.dropout is not None and cfg.model is not None and "dropout" not in model_options(cfg.model):
         with_dropout = [name for name in MODELS if "dropout" in model_options(name)]
         raise ImgclsError(f"--dropout applies to: {', '.join(with_dropout)}; model '{cfg.model}' has no dropout option")

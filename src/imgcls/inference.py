@@ -59,7 +59,11 @@ def onnx_session(model: bytes | str | Path):
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise to users
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - ONNX Runtime has its own exception types (InvalidProtobuf, Fail, ...) for bad files
+        what = "the exported model" if isinstance(model, bytes) else model
+        raise ImgclsError(f"cannot load {what} ({type(e).__name__}): damaged or not an ONNX model: export it again with `imgcls export`") from None
 
 
 class Predictor:

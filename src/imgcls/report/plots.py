@@ -17,6 +17,9 @@ from imgcls.checkpoint import atomic_write
 DPI = 100
 WRONG = "#c62828"  # red for wrong predictions
 CELL = 1.6  # inches per image in grids
+# For class, file and dataset names: drawn as they are written. Matplotlib would read "$...$" as math text (and
+# fail on "a$b ... 50$"), or hand everything to LaTeX when a user's matplotlibrc sets text.usetex.
+LITERAL = {"parse_math": False, "usetex": False}
 
 
 def save(fig: Figure, path: str | Path) -> None:
@@ -91,8 +94,8 @@ def confusion_figure(confusion: torch.Tensor, classes: Sequence[str]) -> Figure:
     share = normalise_rows(confusion).numpy()
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     font = _label_font(k)
-    ax.set_xticks(range(k), names, fontsize=font, rotation=90 if k > 6 or max(map(len, names)) > 5 else 0)
-    ax.set_yticks(range(k), names, fontsize=font)
+    ax.set_xticks(range(k), names, fontsize=font, rotation=90 if k > 6 or max(map(len, names)) > 5 else 0, **LITERAL)
+    ax.set_yticks(range(k), names, fontsize=font, **LITERAL)
     ax.set(xlabel="predicted class", ylabel="true class", title="Confusion matrix (test set, each row sums to 100%)")
     if k <= 15:  # numbers in the cells stay legible only for a few classes
         for i in range(k):
@@ -117,7 +120,7 @@ def per_class_figure(confusion: torch.Tensor, classes: Sequence[str]) -> Figure:
     rows = np.arange(k)
     ax.axvline(overall, color="black", linestyle="--", linewidth=1, zorder=0.5)  # behind the bars, seen between them
     ax.barh(rows, [a or 0 for a in accuracy], color=["#1f77b4" if a is not None else "#bbbbbb" for a in accuracy])
-    ax.set_yticks(rows, names, fontsize=_label_font(k))
+    ax.set_yticks(rows, names, fontsize=_label_font(k), **LITERAL)
     ax.set_ylim(k - 0.5, -0.5)  # first class on top, as in the tables; no empty margin
     for row, a in zip(rows, accuracy):
         ax.text((a or 0) + 0.01, row, "no images" if a is None else f"{a:.1%}", va="center", fontsize=_label_font(k) - 1,
@@ -157,7 +160,7 @@ def image_grid_figure(images: torch.Tensor, titles: Sequence[str], colors: Seque
         dx, dy = side * min(1, w / h) / 2, side * min(1, h / w) / 2  # keep the image's aspect ratio in its square
         cx, cy = c * CELL + CELL / 2, top - side / 2
         ax.imshow(to_display(image), cmap="gray", vmin=0, vmax=255, extent=(cx - dx, cx + dx, cy - dy, cy + dy), aspect="auto")
-        ax.text(cx, top + 0.04, title, ha="center", va="bottom", fontsize=8, color=color)
+        ax.text(cx, top + 0.04, title, ha="center", va="bottom", fontsize=8, color=color, **LITERAL)
     return fig
 
 
@@ -198,7 +201,7 @@ def predictions_figure(images: torch.Tensor, probs: torch.Tensor, classes: Seque
         show_image(image_ax, images[i])
         values, index = probs[i].float().topk(k)
         bar_ax.barh(range(k), values.tolist(), color=["#1f77b4"] + ["#9ecae1"] * (k - 1))
-        bar_ax.set_yticks(range(k), [short(classes[j], 16) for j in index.tolist()], fontsize=8)
+        bar_ax.set_yticks(range(k), [short(classes[j], 16) for j in index.tolist()], fontsize=8, **LITERAL)
         bar_ax.invert_yaxis()
         for row, v in enumerate(values.tolist()):
             bar_ax.text(v + 0.02, row, f"{v:.1%}", va="center", fontsize=8)
@@ -206,7 +209,7 @@ def predictions_figure(images: torch.Tensor, probs: torch.Tensor, classes: Seque
         bar_ax.set_xticks([0, 0.5, 1])
         bar_ax.xaxis.set_major_formatter(PercentFormatter(1.0, decimals=0))
         bar_ax.tick_params(axis="x", labelsize=8)
-        bar_ax.set_title(short(titles[i], 44) if titles is not None else f"image {i + 1}", fontsize=9, loc="left")
+        bar_ax.set_title(short(titles[i], 44) if titles is not None else f"image {i + 1}", fontsize=9, loc="left", **LITERAL)
     fig.suptitle(f"Top {k} class probabilities of each image", fontsize=11)
     return fig
 
@@ -239,14 +242,14 @@ def preview_figure(images: torch.Tensor, labels: torch.Tensor, classes: Sequence
     per_block = -(-k // blocks)
     name_width = 0.07 * max(len(short(c, 20)) + len(f" ({n:,})") for c, n in zip(classes, counts)) + 0.3
     fig = Figure(figsize=(max(5.0, blocks * (per_class * 0.5 + name_width)), max(2.2, per_block * 0.5 + 0.8)), layout="constrained")
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, **LITERAL)
     for b, ax in enumerate(np.atleast_1d(fig.subplots(1, blocks))):
         chunk = range(b * per_block, min(k, (b + 1) * per_block))
         strip = np.concatenate([rows[i] for i in chunk])
         ax.imshow(strip, cmap="gray", vmin=0, vmax=255)
         height = strip.shape[0] / len(chunk)
         ax.set_yticks([height * (j + 0.5) for j in range(len(chunk))], [f"{short(classes[i], 20)} ({counts[i]:,})" for i in chunk],
-                      fontsize=8)  # fmt: skip
+                      fontsize=8, **LITERAL)  # fmt: skip
         ax.set_xticks([])
         for side in ax.spines.values():
             side.set_visible(False)

@@ -23,6 +23,8 @@ def serve(
     access_log: bool = False,
     upload_timeout: float = 30.0,
 ) -> None:
+    if not 1 <= port <= 65535:  # socket.bind raises OverflowError, not OSError, outside 0-65535; 0 would serve on a random port
+        raise ImgclsError(f"--port must be between 1 and 65535, got {port}")
     try:
         import fastapi  # noqa: F401
         import python_multipart  # noqa: F401
