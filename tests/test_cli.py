@@ -1,4 +1,5 @@
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -218,3 +219,98 @@ def test_resume_refuses_a_last_checkpoint_that_does_not_fit_its_model(trained_ru
     torch.save(ckpt, tmp_path / "edited" / "last.pt")
     code, _, err = run_cli(capsys, "train", "--resume", tmp_path / "edited")
     assert code == 2 and "does not fit model 'lenet5'" in err and "start a new run" in err
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_and_sighup_save_last_at_the_current_step_like_ctrl_c(tmp_path, signum):
+    """Containers, Kubernetes and SLURM stop jobs with SIGTERM; a closed terminal sends SIGHUP."""
+    run = tmp_path / "cut"
+    command = [sys.executable, "-m", "imgcls", "train", "--model", "mlp", "--epochs", "2", "--device", "cpu", "--out", str(run)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "metrics.csv").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signum, err
+    assert f"resume with: imgcls train --resume {run}" in err and "Traceback" not in err
+    progress = torch.load(run / "last.pt", weights_only=True)["progress"]
+    assert progress["epoch"] == 1 and progress["step"] >= 1  # saved mid-epoch, not at the last epoch's end
+    resumed = imgcls("train", "--resume", run)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at epoch 2/2" in resumed.stdout and json.loads((run / "summary.json").read_text())["epochs_run"] == 2
+
+
+def limit_file_size(limit: int):
+    """What a full disk does to the writes of a subprocess: they fail (EFBIG) past `limit` bytes."""
+
+    def apply():
+        import resource
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process instead of failing the write
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    return apply
+
+
+def test_a_full_disk_is_one_line_and_the_run_resumes_once_space_is_freed(tmp_path):
+    run = tmp_path / "full"
+    # mlp's best.pt (2.3 MB) fits, its last.pt (4.6 MB, with the optimizer's state) does not: the first epoch
+    # leaves best.pt and no training state, which used to make the folder neither resumable nor reusable.
+    command = [sys.executable, "-m", "imgcls", "train", "--model", "mlp", "--epochs", "2", "--device", "cpu", "--out", str(run)]
+    full = subprocess.run(command, capture_output=True, text=True, timeout=120, preexec_fn=limit_file_size(3 * 2**20))
+    one_line_error(full, f"cannot write last.pt in {run} (File too large)", f"resume with `imgcls train --resume {run}`")
+    assert (run / "best.pt").is_file() and not (run / "last.pt").exists()
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
+    resumed = imgcls("train", "--resume", run)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "no training state was saved, starting the run over" in resumed.stdout
+    assert json.loads((run / "summary.json").read_text())["epochs_run"] == 2
+
+
+def test_a_run_on_a_relative_folder_path_finds_its_data_from_anywhere(tmp_path, monkeypatch, capsys):
+    from imgcls.report import report_run
+
+    make_folder(tmp_path / "shapes", per_class=15)
+    code, _, err = run_cli(capsys, "train", "--data", "shapes", "--model", "mlp", "--epochs", "1", "--batch-size", "8", "--out", "r")
+    assert code == 0, err
+    assert json.loads(Path("r/config.json").read_text())["data"] == str(tmp_path / "shapes")
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    for args in (["train", "--resume", "../r"], ["evaluate", "../r"]):
+        code, _, err = run_cli(capsys, *args)
+        assert code == 0, (args, err)
+    report_run("../r")  # its plots are left out in tests, its data is not
+    code, _, err = run_cli(capsys, "evaluate", "../r", "--data", "../shapes")  # the same folder, named relatively: the run's split
+    assert code == 0 and err == "", err
+    code, out, err = run_cli(capsys, "export", "../r", "--format", "torchscript")
+    assert code == 0 and "parity on 6 images of the shapes test split" in out and err == ""
+    (tmp_path / "shapes").rename(tmp_path / "moved")
+    code, out, err = run_cli(capsys, "export", "../r", "--format", "torchscript")
+    assert code == 0 and "random images" in out
+    assert err.startswith(f"warning: the run's data {tmp_path / 'shapes'} was not found, the parity check runs on random pixels")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_run_trained_on_cuda_resumes_and_evaluates_on_a_cpu_only_machine(tmp_path, capsys):
+    from imgcls.config import TrainConfig
+    from imgcls.engine import Interrupted, train
+
+    root = make_folder(tmp_path / "shapes", per_class=15)
+    with pytest.raises(Interrupted):  # stopped in its second epoch, as if by Ctrl-C
+        train(TrainConfig(data=str(root), model="mlp", epochs=2, batch_size=4), out="r", on_step=lambda t: t.progress.epoch and t.request_stop())
+    for name in ("best.pt", "last.pt"):  # what a GPU run writes: its device, and CUDA-sized generator states
+        ckpt = torch.load(Path("r", name), weights_only=True)
+        ckpt["config"]["device"] = "cuda"
+        if "rng" in ckpt:
+            ckpt["rng"].update(augment=torch.zeros(16, dtype=torch.uint8), cuda=torch.zeros(16, dtype=torch.uint8))
+        torch.save(ckpt, Path("r", name))
+    code, out, err = run_cli(capsys, "evaluate", "r")
+    assert code == 0, err
+    shutil.copytree("r", "r2")
+    code, out, err = run_cli(capsys, "train", "--resume", "r")
+    assert code == 0, err
+    assert err == "r trained on --device cuda, which this machine lacks: resuming with --device auto\n"
+    assert "resuming at epoch 2/2" in out
+    code, out, err = run_cli(capsys, "train", "--resume", "r2", "--device", "cpu")
+    assert code == 0 and err == "" and "params on cpu" in out, err

@@ -1,3 +1,4 @@
+import errno
 import math
 import os
 
@@ -190,3 +191,40 @@ def test_compiled_training_saves_the_plain_models_weights(tmp_path):
     assert math.isfinite(summary["test_loss"])
     weights = torch.load(tmp_path / "run" / "best.pt", weights_only=True)["state_dict"]
     assert set(weights) == set(create_model("mlp", (1, 12, 12), 3).state_dict())  # no "_orig_mod." prefixes
+
+
+class FullDisk:
+    """A file whose writes fail as on a full disk, passed to the real torch.save so its zip writer reacts as it does there."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def flush(self):
+        self.f.flush()
+
+
+def test_a_full_disk_stops_with_one_message_keeps_the_last_good_state_and_resumes(tmp_path, monkeypatch):
+    data = tiny_dataset(n_train=256)
+    straight = trainer_for(tmp_path, data, name="straight", model="mlp")
+    straight.fit()
+
+    disk = {"full": False}
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f: real_save(obj, FullDisk(f) if disk["full"] else f))
+    trainer = trainer_for(tmp_path, data, model="mlp")
+    trainer.on_step = lambda t: disk.update(full=t.progress.epoch == 1)  # the disk fills up during epoch 2
+    with pytest.raises(checkpoint.WriteFailed) as failed:
+        trainer.fit()
+    message = str(failed.value)
+    assert f"in {tmp_path / 'run'} (No space left on device)" in message and "is kept" in message and "\n" not in message
+    assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]
+    assert checkpoint.load(tmp_path / "run", which="last")["progress"]["epoch"] == 1
+
+    disk["full"] = False  # space freed
+    resumed = trainer_for(tmp_path, data, model="mlp")
+    resumed.load_last(checkpoint.load(tmp_path / "run", which="last"))
+    resumed.fit()
+    assert comparable(resumed.progress.history) == comparable(straight.progress.history)

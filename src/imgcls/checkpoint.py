@@ -25,11 +25,18 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()
 
 
+class WriteFailed(ImgclsError):
+    """A file could not be written (a full disk, a size limit, no permission); the previous version is kept."""
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """write(file) into a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    """write(file) into a temporary file in the same folder, then rename: a crash or a full disk never leaves half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _write_failed(path, e) from None
     try:
         os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
@@ -37,9 +44,21 @@ def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) ->
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        # torch.save reports a failed write as a RuntimeError of its zip writer, with the OSError as its context.
+        if isinstance(e, (OSError, RuntimeError)):
+            raise _write_failed(path, e) from None
         raise
+
+
+def _write_failed(path: Path, error: BaseException) -> WriteFailed:
+    cause = error
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__context__
+    reason = (cause.strerror or str(cause)) if cause is not None else str(error).splitlines()[0]
+    kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
+    return WriteFailed(f"cannot write {path.name} in {path.parent} ({reason}); {kept}: free some space there or make it writable")
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:

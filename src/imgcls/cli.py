@@ -3,6 +3,7 @@
 import argparse
 import math
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -57,7 +58,9 @@ def _add_train(sub) -> None:
         "--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (pays off on GPUs for long runs) [off]"
     )
     p.add_argument("--out", metavar="DIR", help="run folder [runs/<dataset>-<model>-<n>]")
-    p.add_argument("--resume", metavar="RUN", help="continue an interrupted run (its folder or last.pt) with its saved settings")
+    p.add_argument(
+        "--resume", metavar="RUN", help="continue a run (its folder or last.pt) with its saved settings; --device and --data-dir may change"
+    )
     p.add_argument(
         "--tensorboard", action="store_true", help="log live curves and sample images to RUN/tensorboard (needs imgcls[tensorboard])"
     )
@@ -185,18 +188,20 @@ def cmd_train(args) -> int:
     loggers = _loggers(args)
     try:
         if args.resume:
-            if given or args.out:
-                flags = ", ".join("--" + k.replace("_", "-") for k in [*given, *(["out"] if args.out else [])])
+            fixed = [k for k in given if k not in ("device", "data_dir")]  # these two may change with the machine
+            if fixed or args.out:
+                flags = ", ".join("--" + k.replace("_", "-") for k in [*fixed, *(["out"] if args.out else [])])
                 raise ImgclsError(f"--resume continues with the run's saved settings: drop {flags}")
-            run_dir, summary = resume(args.resume, loggers=loggers)
+            run_dir, summary = resume(args.resume, device=args.device, data_dir=args.data_dir, loggers=loggers)
         else:
             run_dir, summary = train(TrainConfig(**given), out=writable("--out", args.out, folder=True), loggers=loggers)
     except Interrupted as stop:
         print(
-            f"\ninterrupted: progress saved in {stop.run_dir / 'last.pt'}\nresume with: imgcls train --resume {stop.run_dir}",
+            f"\ninterrupted ({signal.Signals(stop.signum).name}): progress saved in {stop.run_dir / 'last.pt'}\n"
+            f"resume with: imgcls train --resume {stop.run_dir}",
             file=sys.stderr,
         )
-        return 130
+        return 128 + stop.signum  # the shell's status for a process ended by that signal
     finally:
         for logger in loggers:
             logger.close()

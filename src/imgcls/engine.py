@@ -5,10 +5,12 @@ with statistics kept on the device and read back only every few steps.
 """
 
 import math
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -21,12 +23,13 @@ from imgcls.config import TrainConfig, check, fill_defaults
 from imgcls.data import dataset_name, load_dataset
 from imgcls.data.augment import prepare
 from imgcls.data.core import Dataset, Split
+from imgcls.data.registry import is_folder_spec
 from imgcls.device import amp_dtype, autocast, pick_device, use_channels_last
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import EvalResult, evaluate, write_confusion_csv
-from imgcls.interrupt import CtrlC
+from imgcls.interrupt import STOP_SIGNALS, CtrlC
 from imgcls.models import create_model, get_model_info, num_params
-from imgcls.runs import new_run_dir, read_split, write_json, write_metrics, write_text
+from imgcls.runs import lock_run, new_run_dir, read_json, read_split, write_json, write_metrics, write_text
 
 SYNC_EVERY = 10  # steps between reading statistics back from the device (and checking for NaN)
 LOG_EVERY = 60.0  # seconds between progress lines when there is no terminal for a progress bar
@@ -34,11 +37,11 @@ DEVICE_DATA_LIMIT = 4 * 2**30  # datasets up to this size live on the GPU for th
 
 
 class Interrupted(Exception):
-    """Training stopped on request (Ctrl-C); last.pt holds the exact position to resume from."""
+    """Training stopped on request (Ctrl-C, SIGTERM, SIGHUP); last.pt holds the exact position to resume from."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, signum: int = signal.SIGINT):
         super().__init__(str(run_dir))
-        self.run_dir = run_dir
+        self.run_dir, self.signum = run_dir, signum
 
 
 @dataclass
@@ -115,6 +118,7 @@ class Trainer:
         self.train_labels = data.train.labels.to(self.home)
         self.progress = Progress()
         self.stop_requested = False
+        self.stop_signal = signal.SIGINT
 
     # --- checkpoints -------------------------------------------------------------------------------
 
@@ -159,18 +163,22 @@ class Trainer:
             ) from None
         if self.scheduler and ckpt.get("scheduler"):
             self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if ckpt["scaler"]:  # empty when saved without fp16 loss scaling (on CPU, or a bf16 GPU)
+            self.scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["rng"]["torch"])
-        self.generator.set_state(ckpt["rng"]["augment"].to(self.generator.device))
+        augment_state = ckpt["rng"]["augment"]
+        # A CPU generator's state does not fit a CUDA one's: resumed on another kind of device, augmentation draws afresh.
+        if augment_state.numel() == self.generator.get_state().numel():
+            self.generator.set_state(augment_state.to(self.generator.device))
         if "cuda" in ckpt["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
         self.progress = Progress(**ckpt["progress"])
 
     # --- training ----------------------------------------------------------------------------------
 
-    def request_stop(self) -> None:
-        """Stop at the end of the current step, saving last.pt (what Ctrl-C does)."""
-        self.stop_requested = True
+    def request_stop(self, signum: int = signal.SIGINT) -> None:
+        """Stop at the end of the current step, saving last.pt (what Ctrl-C, SIGTERM and SIGHUP do)."""
+        self.stop_requested, self.stop_signal = True, signum
 
     def _eval(self, split: Split) -> EvalResult:
         return evaluate(
@@ -218,7 +226,7 @@ class Trainer:
                 if self.stop_requested:
                     p.totals, p.seconds = totals.tolist(), time.perf_counter() - start
                     self.save_last()
-                    raise Interrupted(self.run_dir)
+                    raise Interrupted(self.run_dir, self.stop_signal)
         p.seconds = time.perf_counter() - start
 
     def _non_finite(self):
@@ -261,7 +269,7 @@ class Trainer:
 
     def fit(self) -> dict:
         """Train to the end (or early stop), then test the best checkpoint once. Returns the summary."""
-        with CtrlC(on_press=self.request_stop):
+        with CtrlC(on_press=self.request_stop, signals=STOP_SIGNALS):
             while not self.progress.finished:
                 self.train_epoch()
                 row = self.end_epoch()
@@ -269,7 +277,7 @@ class Trainer:
                 for logger in self.loggers:
                     logger.epoch(self, row)
                 if self.stop_requested:
-                    raise Interrupted(self.run_dir)
+                    raise Interrupted(self.run_dir, self.stop_signal)
         if self.cfg.patience and self.progress.epoch < self.cfg.epochs:
             print(f"early stop: no better val accuracy for {self.cfg.patience} epochs", flush=True)
         return self.finish()
@@ -368,34 +376,75 @@ def _record_data(data: Dataset, run_dir: Path) -> None:
         print(f"skipped {len(data.skipped)} unreadable files (listed in {run_dir / 'skipped_files.txt'})", file=sys.stderr)
 
 
+def _findable(cfg: TrainConfig) -> TrainConfig:
+    """The config with its data paths made absolute, so that resume, evaluate, report and export find the data
+    from any working directory."""
+    data = os.path.abspath(Path(cfg.data).expanduser()) if is_folder_spec(cfg.data) else cfg.data
+    data_dir = os.path.abspath(Path(cfg.data_dir).expanduser()) if cfg.data_dir else None
+    return replace(cfg, data=data, data_dir=data_dir)
+
+
+def _fit(trainer: Trainer) -> dict:
+    try:
+        return trainer.fit()
+    except checkpoint.WriteFailed as e:
+        raise ImgclsError(f"{e}, then resume with `imgcls train --resume {trainer.run_dir}`") from None
+
+
 def train(cfg: TrainConfig, out: str | None = None, on_step=None, loggers=()) -> tuple[Path, dict]:
     """A new run: load data, fill defaults, write the run folder, train, test."""
     check(cfg)
     data = _load_data(cfg)
-    cfg = fill_defaults(cfg, data)
+    cfg = fill_defaults(_findable(cfg), data)
     run_dir = new_run_dir(dataset_name(cfg.data), cfg.model, out)
-    trainer = Trainer(cfg, data, run_dir, on_step=on_step, loggers=loggers)
-    write_json(run_dir / "config.json", cfg.to_dict())
-    _record_data(data, run_dir)
-    print(f"run {run_dir}\n{_describe(cfg, data, trainer)}", flush=True)
-    return run_dir, trainer.fit()
+    with lock_run(run_dir):
+        trainer = Trainer(cfg, data, run_dir, on_step=on_step, loggers=loggers)
+        write_json(run_dir / "config.json", cfg.to_dict())
+        _record_data(data, run_dir)
+        print(f"run {run_dir}\n{_describe(cfg, data, trainer)}", flush=True)
+        return run_dir, _fit(trainer)
 
 
-def resume(run: str | Path, on_step=None, loggers=()) -> tuple[Path, dict]:
-    """Continue a run from its last.pt, with its saved config and data split."""
-    ckpt = checkpoint.load(run, which="last")
-    if "progress" not in ckpt:
-        raise ImgclsError(f"{ckpt['path']} holds weights only (no training state): resume from the run folder or its last.pt")
-    run_dir = Path(ckpt["path"]).parent
-    cfg = TrainConfig.from_dict(ckpt["config"])
-    data = _load_data(cfg, split_files=read_split(run_dir))
-    if list(data.classes) != ckpt["classes"] or list(data.shape) != ckpt["in_shape"]:
-        raise ImgclsError(f"the data of {run_dir} changed since it was trained (classes or image size differ): start a new run")
-    trainer = Trainer(cfg, data, run_dir, on_step=on_step, loggers=loggers)
-    trainer.load_last(ckpt)
-    p = trainer.progress
-    where = (
-        "finished, re-testing" if p.finished else f"resuming at epoch {p.epoch + 1}/{cfg.epochs}, step {p.step}/{trainer.steps_per_epoch}"
-    )
-    print(f"run {run_dir}: {where}\n{_describe(cfg, data, trainer)}", flush=True)
-    return run_dir, trainer.fit()
+def _on_this_machine(cfg: TrainConfig, run_dir: Path, device: str | None, data_dir: str | None) -> TrainConfig:
+    """A saved config with what may change with the machine: the device, and where named datasets live."""
+    if device is None:
+        try:
+            pick_device(cfg.device)
+        except ImgclsError:
+            print(f"{run_dir} trained on --device {cfg.device}, which this machine lacks: resuming with --device auto", file=sys.stderr)
+            device = "auto"
+    return _findable(replace(cfg, device=device or cfg.device, data_dir=data_dir or cfg.data_dir))
+
+
+def resume(run: str | Path, device: str | None = None, data_dir: str | None = None, on_step=None, loggers=()) -> tuple[Path, dict]:
+    """Continue a run from its last.pt, with its saved config and data split; only the device and the named
+    datasets' folder may change. A run that stopped before saving any training state (a full disk in its first
+    epoch) starts over from its config.json."""
+    path = Path(run).expanduser()
+    if not path.is_dir():
+        path = checkpoint.resolve(path)
+    run_dir = path if path.is_dir() else path.parent
+    with lock_run(run_dir):
+        if path.is_dir() and not (path / "last.pt").is_file() and (path / "config.json").is_file():
+            ckpt, saved = None, read_json(path / "config.json")
+        else:
+            ckpt = checkpoint.load(path, which="last")
+            if "progress" not in ckpt:
+                raise ImgclsError(f"{ckpt['path']} holds weights only (no training state): resume from the run folder or its last.pt")
+            saved = ckpt["config"]
+        cfg = _on_this_machine(TrainConfig.from_dict(saved), run_dir, device, data_dir)
+        data = _load_data(cfg, split_files=read_split(run_dir))
+        if ckpt is not None and (list(data.classes) != ckpt["classes"] or list(data.shape) != ckpt["in_shape"]):
+            raise ImgclsError(f"the data of {run_dir} changed since it was trained (classes or image size differ): start a new run")
+        trainer = Trainer(cfg, data, run_dir, on_step=on_step, loggers=loggers)
+        if ckpt is not None:
+            trainer.load_last(ckpt)
+        p = trainer.progress
+        if ckpt is None:
+            where = "no training state was saved, starting the run over"
+        elif p.finished:
+            where = "finished, re-testing"
+        else:
+            where = f"resuming at epoch {p.epoch + 1}/{cfg.epochs}, step {p.step}/{trainer.steps_per_epoch}"
+        print(f"run {run_dir}: {where}\n{_describe(cfg, data, trainer)}", flush=True)
+        return run_dir, _fit(trainer)

@@ -1,6 +1,7 @@
 """Evaluating a model on an in-memory split: loss, accuracy, per-class accuracy and the confusion matrix."""
 
 import csv
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from imgcls import checkpoint
 from imgcls.data import Dataset, load_dataset
 from imgcls.data.augment import prepare
 from imgcls.data.core import Split
+from imgcls.data.registry import is_folder_spec
 from imgcls.device import amp_dtype, autocast, pick_device, use_channels_last
 from imgcls.errors import ImgclsError
 from imgcls.inference import load_model, normalisation
@@ -79,7 +81,8 @@ def checkpoint_data(ckpt: dict, spec: str | None = None, data_dir: str | None = 
     """The data to test a checkpoint on: by default its own, with the run's saved split; another
     dataset or folder must have the model's classes, and folders are decoded to its input shape."""
     cfg = ckpt["config"]
-    same_data = spec is None or spec == cfg["data"]
+    # Runs store a folder's absolute path; the user may name it relatively.
+    same_data = spec is None or spec == cfg["data"] or (is_folder_spec(spec) and os.path.abspath(Path(spec).expanduser()) == cfg["data"])
     spec = spec or cfg["data"]
     channels, size = (None, cfg.get("image_size")) if same_data else (ckpt["in_shape"][0], ckpt["in_shape"][1])
     data = load_dataset(

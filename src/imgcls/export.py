@@ -3,6 +3,8 @@ written, with a dynamic batch size, and with the preprocessing a user must apply
 
 import io
 import json
+import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 import torch
 
 from imgcls import checkpoint
+from imgcls.data import DATASETS
 from imgcls.data.augment import prepare
 from imgcls.errors import ImgclsError
 from imgcls.inference import load_model, missing_extra, normalisation, onnx_session
@@ -78,6 +81,10 @@ def parity_images(ckpt: dict, n: int) -> tuple[torch.Tensor, str]:
         data = checkpoint_data(ckpt)
         return data.test.images[:n], f"{min(n, len(data.test))} images of the {data.name} test split"
     except ImgclsError as e:
+        # Said on a line of its own: a check on random pixels is weaker than one on the images the model knows.
+        spec = ckpt["config"]["data"]
+        where = spec if spec in DATASETS else os.path.abspath(spec)
+        print(f"warning: the run's data {where} was not found, the parity check runs on random pixels instead ({e})", file=sys.stderr)
         generator = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (n, *ckpt["in_shape"]), dtype=torch.uint8, generator=generator)
         return images, f"{n} random images (the run's data could not be loaded: {e})"

@@ -1,9 +1,16 @@
 """Run folders: runs/<dataset>-<model>-<n> with config, metrics, checkpoints and summary."""
 
+import contextlib
 import csv
 import io
 import json
+import os
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # Windows: runs go unlocked
+    fcntl = None
 
 from imgcls.checkpoint import atomic_write
 from imgcls.errors import ImgclsError
@@ -29,6 +36,31 @@ def new_run_dir(dataset: str, model: str, out: str | None, root: str = "runs") -
             return path
         except FileExistsError:
             n += 1
+
+
+@contextlib.contextmanager
+def lock_run(run_dir: Path):
+    """Hold RUN/.lock while training into a run, so that a second process (two --resume, or two runs with one
+    --out) gets an error instead of writing the same files. flock locks end with the process, so none go stale."""
+    if fcntl is None:
+        yield
+        return
+    try:
+        f = open(Path(run_dir) / ".lock", "a+")  # noqa: SIM115 - closed by the with below
+    except OSError as e:
+        raise ImgclsError(f"cannot write in {run_dir} ({e.strerror}): free some space there or make it writable") from None
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            message = f"{run_dir} is in use by another imgcls process (pid {holder}): wait for it to end or choose another --out"
+            raise ImgclsError(message) from None
+        f.truncate(0)
+        f.write(str(os.getpid()))
+        f.flush()
+        yield
 
 
 def write_text(path: Path, text: str) -> None:

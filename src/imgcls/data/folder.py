@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from imgcls.checkpoint import atomic_save
+from imgcls.checkpoint import WriteFailed, atomic_save
 from imgcls.data.core import Dataset, Split, channel_stats, stratified_split
 from imgcls.data.images import ImageReadError, is_grey, peek, read_image
 from imgcls.errors import ImgclsError
@@ -248,8 +248,8 @@ def decode_cached(root: Path, rels: list[str], key: str, channels: int | None, i
     decoded = decode(root, rels, channels, image_size)
     try:
         atomic_save(decoded, path)
-    except OSError as e:
-        print(f"could not cache decoded images in {path.parent} ({e}); set IMGCLS_CACHE to a writable folder", file=sys.stderr)
+    except WriteFailed as e:  # a cache is an optimisation: without it the next run decodes again
+        print(f"could not cache the decoded images, going on without: {e} (or set IMGCLS_CACHE to another folder)", file=sys.stderr)
     return decoded
 
 

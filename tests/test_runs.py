@@ -1,0 +1,74 @@
+"""Run folders under stress: full disks, failed cache writes, and two processes on one run."""
+
+import errno
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import make_folder
+from imgcls import checkpoint
+from imgcls.cli import main
+from imgcls.errors import ImgclsError
+from imgcls.runs import lock_run
+
+
+def no_space(*args):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class FullDisk:
+    """A file whose writes fail as on a full disk, for the real torch.save: its zip writer then raises what it raises there."""
+
+    def __init__(self, f):
+        self.f = f
+
+    write = no_space
+
+    def flush(self):
+        self.f.flush()
+
+
+def test_a_failed_write_names_the_folder_and_cause_and_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "run" / "last.pt"
+    checkpoint.atomic_save({"epoch": 1}, path)
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda obj, f: real_save(obj, FullDisk(f)))
+    with pytest.raises(ImgclsError, match=rf"^cannot write last.pt in {tmp_path / 'run'} \(No space left on device\); the previous last.pt is kept"):
+        checkpoint.atomic_save({"epoch": 2}, path)
+    with pytest.raises(ImgclsError, match=r"cannot write summary.json .*\(No space left on device\); no summary.json was written"):
+        checkpoint.atomic_write(tmp_path / "run" / "summary.json", no_space)
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temporary files left behind
+
+
+def test_a_cache_that_cannot_be_written_warns_and_training_goes_on(tmp_path, monkeypatch, capsys):
+    root = make_folder(tmp_path / "shapes", per_class=10)
+    real_save = torch.save
+    # Only the decoded-images cache hits the full disk; the run's own checkpoints still fit.
+    monkeypatch.setattr(torch, "save", lambda obj, f: real_save(obj, FullDisk(f) if "images" in obj else f))
+    assert main(["train", "--data", str(root), "--epochs", "1", "--model", "mlp", "--out", "r"]) == 0
+    err = capsys.readouterr().err
+    assert "could not cache the decoded images, going on without" in err and "No space left on device" in err
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+
+
+def test_a_run_folder_in_use_is_refused_with_the_holders_pid(tmp_path, capsys):
+    (tmp_path / "r").mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from imgcls.runs import lock_run\nwith lock_run(sys.argv[1]):\n print('held', flush=True); time.sleep(120)", "r"],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "held\n"
+        for args in (["train", "--epochs", "1", "--model", "mlp", "--out", "r"], ["train", "--resume", "r"]):
+            assert main(args) == 2
+            err = capsys.readouterr().err
+            assert err == f"imgcls: error: r is in use by another imgcls process (pid {holder.pid}): wait for it to end or choose another --out\n"
+    finally:
+        holder.kill()
+        holder.wait(10)
+    with lock_run(tmp_path / "r"):  # the lock ended with its process: none goes stale
+        pass
