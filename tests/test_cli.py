@@ -298,7 +298,11 @@ def test_a_run_trained_on_cuda_resumes_and_evaluates_on_a_cpu_only_machine(tmp_p
 
     root = make_folder(tmp_path / "shapes", per_class=15)
     with pytest.raises(Interrupted):  # stopped in its second epoch, as if by Ctrl-C
-        train(TrainConfig(data=str(root), model="mlp", epochs=2, batch_size=4), out="r", on_step=lambda t: t.progress.epoch and t.request_stop())
+        train(
+            TrainConfig(data=str(root), model="mlp", epochs=2, batch_size=4),
+            out="r",
+            on_step=lambda t: t.progress.epoch and t.request_stop(),
+        )
     for name in ("best.pt", "last.pt"):  # what a GPU run writes: its device, and CUDA-sized generator states
         ckpt = torch.load(Path("r", name), weights_only=True)
         ckpt["config"]["device"] = "cuda"

@@ -1,6 +1,7 @@
 """Decoding robustness: any decoder failure is that one image's error, the pixel cap holds from the header, deep
 (16/32-bit, float) images convert without big copies, and Pillow's warnings stay off the terminal."""
 
+import asyncio
 import io
 import json
 import random
@@ -233,7 +234,16 @@ def test_serve_answers_the_good_uploads_batched_with_a_hostile_one(tmp_path):
 
     predictor = Predictor.open(save_checkpoint(tmp_path / "m.pt", "mlp", in_shape=(3, 16, 16), classes=("cat", "dog")), device="cpu")
     good = encoded(Image.new("RGB", (20, 20), "red"), "PNG")
-    results = Batcher(predictor, 2)._batch([good, hostile_tiff(), good, png_declaring(20000, 20000)])
+
+    async def together(uploads):
+        batcher = Batcher(predictor, 2)
+        batcher.start()
+        try:
+            return await asyncio.gather(*(batcher.predict(u) for u in uploads), return_exceptions=True)
+        finally:
+            batcher.stop()
+
+    results = asyncio.run(together([good, hostile_tiff(), good, png_declaring(20000, 20000)]))
     assert isinstance(results[0], list) and results[0] == results[2]
     assert isinstance(results[1], HTTPException) and results[1].status_code == 422 and "TypeError" in results[1].detail
     assert isinstance(results[3], HTTPException) and results[3].status_code == 413

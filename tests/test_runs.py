@@ -36,7 +36,9 @@ def test_a_failed_write_names_the_folder_and_cause_and_keeps_the_old_file(tmp_pa
     checkpoint.atomic_save({"epoch": 1}, path)
     real_save = torch.save
     monkeypatch.setattr(torch, "save", lambda obj, f: real_save(obj, FullDisk(f)))
-    with pytest.raises(ImgclsError, match=rf"^cannot write last.pt in {tmp_path / 'run'} \(No space left on device\); the previous last.pt is kept"):
+    with pytest.raises(
+        ImgclsError, match=rf"^cannot write last.pt in {tmp_path / 'run'} \(No space left on device\); the previous last.pt is kept"
+    ):
         checkpoint.atomic_save({"epoch": 2}, path)
     with pytest.raises(ImgclsError, match=r"cannot write summary.json .*\(No space left on device\); no summary.json was written"):
         checkpoint.atomic_write(tmp_path / "run" / "summary.json", no_space)
@@ -66,7 +68,10 @@ def test_a_run_folder_in_use_is_refused_with_the_holders_pid(tmp_path, capsys):
         for args in (["train", "--epochs", "1", "--model", "mlp", "--out", "r"], ["train", "--resume", "r"]):
             assert main(args) == 2
             err = capsys.readouterr().err
-            assert err == f"imgcls: error: r is in use by another imgcls process (pid {holder.pid}): wait for it to end or choose another --out\n"
+            assert (
+                err
+                == f"imgcls: error: r is in use by another imgcls process (pid {holder.pid}): wait for it to end or choose another --out\n"
+            )
     finally:
         holder.kill()
         holder.wait(10)

@@ -400,5 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     except OSError as e:  # the last resort for what no check foresaw: permissions, a full disk, a file in a folder's place
         where = " -> ".join(str(name) for name in (e.filename, e.filename2) if name is not None)
-        print(f"imgcls: error: {where + ': ' if where else ''}{e.strerror or e}: check the path, its permissions and free space", file=sys.stderr)
+        print(
+            f"imgcls: error: {where + ': ' if where else ''}{e.strerror or e}: check the path, its permissions and free space",
+            file=sys.stderr,
+        )
         return 2

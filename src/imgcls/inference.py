@@ -63,7 +63,9 @@ def onnx_session(model: bytes | str | Path):
         return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - ONNX Runtime has its own exception types (InvalidProtobuf, Fail, ...) for bad files
         what = "the exported model" if isinstance(model, bytes) else model
-        raise ImgclsError(f"cannot load {what} ({type(e).__name__}): damaged or not an ONNX model: export it again with `imgcls export`") from None
+        raise ImgclsError(
+            f"cannot load {what} ({type(e).__name__}): damaged or not an ONNX model: export it again with `imgcls export`"
+        ) from None
 
 
 class Predictor:

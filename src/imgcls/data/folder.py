@@ -299,9 +299,9 @@ def load_folder(
     for s in SPLITS:
         if len(index[s]) == 0:
             raise ImgclsError(f"{root} leaves no images for the {s} split: add more images per class")
-    train_top = root / "train" if (root / "train").is_dir() else root
-    _check_every_class_has_training_images(classes, labels[index["train"]].tolist(), train_top, "readable training images")
-    if split_files is None:
+    if split_files is None:  # a replayed split (resume, evaluate) is checked against the run's classes instead
+        train_top = root / "train" if (root / "train").is_dir() else root
+        _check_every_class_has_training_images(classes, labels[index["train"]].tolist(), train_top, "readable training images")
         _warn_small_classes(classes, index, labels)
     images = decoded["images"]
     parts = {s: Split(images[index[s]], labels[index[s]]) for s in SPLITS}
