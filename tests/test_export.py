@@ -8,10 +8,11 @@ import torch
 
 from conftest import save_checkpoint
 from imgcls import export as export_module
+from imgcls.checkpoint import load_model
 from imgcls.cli import main
 from imgcls.errors import ImgclsError
-from imgcls.export import export, read_metadata
-from imgcls.inference import Predictor, load_model, onnx_session
+from imgcls.export import export, onnx_session, read_metadata
+from imgcls.inference import Predictor
 from imgcls.models import MODELS
 
 

@@ -78,7 +78,7 @@ def test_batched_probabilities_match_the_model_on_the_training_decode(tmp_path):
     by_two = [r.probs for r in predict_files(predictor, files, batch_size=2)]
     all_at_once = [r.probs for r in predict_files(predictor, files, batch_size=256)]
     assert torch.allclose(torch.stack(by_two), torch.stack(all_at_once), atol=1e-6)
-    from imgcls.inference import load_model, normalisation
+    from imgcls.checkpoint import load_model, normalisation
 
     ck = torch.load(ckpt, weights_only=True)
     ck["path"] = str(ckpt)

@@ -10,13 +10,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from imgcls import checkpoint
+from imgcls.checkpoint import load_model, normalisation
 from imgcls.data import Dataset, load_dataset
 from imgcls.data.augment import prepare
 from imgcls.data.core import Split
 from imgcls.data.registry import is_folder_spec
 from imgcls.device import amp_dtype, autocast, pick_device, use_channels_last
 from imgcls.errors import ImgclsError
-from imgcls.inference import load_model, normalisation
 from imgcls.models import get_model_info
 from imgcls.runs import read_split
 

@@ -12,10 +12,11 @@ from pathlib import Path
 import torch
 
 from imgcls import checkpoint
+from imgcls.checkpoint import load_model, normalisation
 from imgcls.data import DATASETS
 from imgcls.data.augment import prepare
-from imgcls.errors import ImgclsError
-from imgcls.inference import load_model, missing_extra, normalisation, onnx_session
+from imgcls.errors import ImgclsError, missing_extra
+from imgcls.evaluation import checkpoint_data
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}  # file suffix of each format
 METADATA_FORMAT = "imgcls-export-v1"
@@ -75,8 +76,6 @@ def read_metadata(model_path: str | Path) -> dict:
 
 def parity_images(ckpt: dict, n: int) -> tuple[torch.Tensor, str]:
     """Up to n test images of the run's own data; random pixels (said so) when that data cannot be loaded."""
-    from imgcls.evaluation import checkpoint_data
-
     try:
         data = checkpoint_data(ckpt)
         return data.test.images[:n], f"{min(n, len(data.test))} images of the {data.name} test split"
@@ -88,6 +87,24 @@ def parity_images(ckpt: dict, n: int) -> tuple[torch.Tensor, str]:
         generator = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (n, *ckpt["in_shape"]), dtype=torch.uint8, generator=generator)
         return images, f"{n} random images (the run's data could not be loaded: {e})"
+
+
+def onnx_session(model: bytes | str | Path):
+    """An ONNX Runtime CPU session that uses as many threads as torch does (OMP_NUM_THREADS and the like)."""
+    try:
+        import onnxruntime as ort
+    except ImportError as e:
+        raise missing_extra("ONNX inference", "export", e) from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise to users
+    try:
+        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - ONNX Runtime has its own exception types (InvalidProtobuf, Fail, ...) for bad files
+        what = "the exported model" if isinstance(model, bytes) else model
+        raise ImgclsError(
+            f"cannot load {what} ({type(e).__name__}): damaged or not an ONNX model: export it again with `imgcls export`"
+        ) from None
 
 
 def _serialise(model: torch.nn.Module, fmt: str, example: torch.Tensor) -> bytes:

@@ -12,60 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
 from PIL import Image
 
 from imgcls import checkpoint
+from imgcls.checkpoint import load_model, normalisation
 from imgcls.data.augment import prepare
 from imgcls.data.images import ImageReadError, load_image, read_image
 from imgcls.device import pick_device
 from imgcls.errors import ImgclsError
-from imgcls.models import create_model
+from imgcls.export import exported_path, onnx_session, read_metadata
 
 BACKENDS = ("torch", "onnx")
-
-
-def load_model(ckpt: dict, device: torch.device | str = "cpu") -> nn.Module:
-    """The checkpoint's model with its weights, in eval mode on `device`."""
-    model = create_model(ckpt["model"], tuple(ckpt["in_shape"]), len(ckpt["classes"]), **ckpt.get("model_options", {}))
-    try:
-        model.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as e:
-        raise ImgclsError(
-            f"{ckpt['path']} does not match model '{ckpt['model']}' with {len(ckpt['classes'])} classes ({str(e).splitlines()[0]}): "
-            "the file was edited or written by another version; retrain or use the run's own best.pt"
-        ) from None
-    return model.to(device).eval()
-
-
-def normalisation(ckpt: dict, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """The checkpoint's mean and std as C x 1 x 1 tensors, ready to normalise a batch."""
-    return (
-        torch.tensor(ckpt["mean"], device=device).view(-1, 1, 1),
-        torch.tensor(ckpt["std"], device=device).view(-1, 1, 1),
-    )
-
-
-def missing_extra(what: str, extra: str, error: ImportError) -> ImgclsError:
-    return ImgclsError(f"{what} needs a package that is not installed ({error.name or error}): pip install 'imgcls[{extra}]'")
-
-
-def onnx_session(model: bytes | str | Path):
-    """An ONNX Runtime CPU session that uses as many threads as torch does (OMP_NUM_THREADS and the like)."""
-    try:
-        import onnxruntime as ort
-    except ImportError as e:
-        raise missing_extra("ONNX inference", "export", e) from None
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    options.log_severity_level = 3  # errors only: its warnings about unused initialisers are noise to users
-    try:
-        return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=["CPUExecutionProvider"])
-    except Exception as e:  # noqa: BLE001 - ONNX Runtime has its own exception types (InvalidProtobuf, Fail, ...) for bad files
-        what = "the exported model" if isinstance(model, bytes) else model
-        raise ImgclsError(
-            f"cannot load {what} ({type(e).__name__}): damaged or not an ONNX model: export it again with `imgcls export`"
-        ) from None
 
 
 class Predictor:
@@ -92,8 +49,6 @@ class Predictor:
 
     @classmethod
     def from_onnx(cls, path: str | Path) -> "Predictor":
-        from imgcls.export import read_metadata
-
         meta = read_metadata(path)
         session = onnx_session(path)
         name = session.get_inputs()[0].name
@@ -108,8 +63,6 @@ class Predictor:
         if str(path).endswith(".onnx") or backend == "onnx":
             if device not in ("auto", "cpu"):
                 raise ImgclsError("the onnx backend runs on the CPU: drop --device or use --backend torch")
-            from imgcls.export import exported_path
-
             return cls.from_onnx(path if str(path).endswith(".onnx") else exported_path(path, "onnx"))
         return cls.from_checkpoint(path, device)
 

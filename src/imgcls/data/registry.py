@@ -77,7 +77,3 @@ def load_dataset(
 def dataset_name(spec: str) -> str:
     """Short name for run folders: the registry name, or the folder's own name."""
     return spec if spec in DATASETS else (Path(spec).resolve().name or "folder")
-
-
-# Importing the modules registers their datasets.
-from imgcls.data import named  # noqa: E402,F401

@@ -6,8 +6,8 @@ import socket
 import sys
 from pathlib import Path
 
-from imgcls.errors import ImgclsError
-from imgcls.inference import Predictor, missing_extra
+from imgcls.errors import ImgclsError, missing_extra
+from imgcls.inference import Predictor
 
 DEFAULT_MAX_BYTES = 10 * 2**20
 
