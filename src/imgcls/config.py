@@ -116,7 +116,7 @@ def check(cfg: TrainConfig) -> None:
 
 def fill_defaults(cfg: TrainConfig, data: Dataset) -> TrainConfig:
     """Every unset option from the recipe's settings for this data; lr and weight decay follow the
-    optimizer when the user picked another one than the recipe's."""
+    optimizer when the user picked another one than the recipe's, and the lr does for another model."""
     values = cfg.to_dict()
     recipe = recipe_settings(cfg.recipe, data, {k: v for k, v in values.items() if v is not None})
     own_optimizer = cfg.optimizer is not None and cfg.optimizer != recipe["optimizer"]
