@@ -101,13 +101,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def served(digit_run, tmp_path_factory):
-    """`imgcls serve` of the digit run in a subprocess on a free loopback port: its base URL."""
+@contextlib.contextmanager
+def serving(run: Path, log: Path, *args: str):
+    """`imgcls serve RUN ARGS` in a subprocess on a free loopback port, output to `log`: its base URL once it answers."""
     port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
     with open(log, "w") as out:
-        server = subprocess.Popen([sys.executable, "-m", "imgcls", "serve", str(digit_run), "--port", str(port)], stdout=out, stderr=out)
+        server = subprocess.Popen([sys.executable, "-m", "imgcls", "serve", str(run), "--port", str(port), *args], stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -125,6 +124,13 @@ def served(digit_run, tmp_path_factory):
     finally:
         server.terminate()
         server.wait(10)
+
+
+@pytest.fixture(scope="session")
+def served(digit_run, tmp_path_factory):
+    """`imgcls serve` of the digit run in a subprocess on a free loopback port: its base URL."""
+    with serving(digit_run, tmp_path_factory.mktemp("serve") / "serve.log") as url:
+        yield url
 
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

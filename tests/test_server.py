@@ -3,6 +3,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -17,7 +18,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2")  # starlette now prefers httpx2 for TestClient; httpx still works
     from fastapi.testclient import TestClient
 
-from conftest import free_port  # noqa: E402
+from conftest import serving  # noqa: E402
 from imgcls.inference import Predictor  # noqa: E402
 from imgcls.server import app as app_module  # noqa: E402
 from imgcls.server.app import create_app  # noqa: E402
@@ -209,23 +210,9 @@ UPLOAD_TIMEOUT = 1.0  # seconds: short, so the stall tests are quick
 @pytest.fixture(scope="module")
 def impatient(digit_run, tmp_path_factory):
     """`imgcls serve --upload-timeout 1` in a subprocess: its port and the file its output goes to."""
-    port, log = free_port(), tmp_path_factory.mktemp("serve") / "serve.log"
-    with open(log, "w") as out:
-        command = [sys.executable, "-m", "imgcls", "serve", str(digit_run), "--port", str(port), "--upload-timeout", str(UPLOAD_TIMEOUT)]
-        server = subprocess.Popen(command, stdout=out, stderr=out)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1).close()
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, f"imgcls serve did not start: {log.read_text()}"
-                time.sleep(0.2)
-        yield port, log
-    finally:
-        server.terminate()
-        server.wait(10)
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with serving(digit_run, log, "--upload-timeout", str(UPLOAD_TIMEOUT)) as url:
+        yield urllib.parse.urlsplit(url).port, log
 
 
 BOUNDARY = "b0undary"

@@ -25,7 +25,9 @@ def _add_train(sub) -> None:
     p.add_argument("--model", metavar="NAME", help="model name (see `imgcls models`) [recipe: digitnet for digits, speednet otherwise]")
     p.add_argument("--epochs", metavar="N", type=int, help="epochs to train [recipe: sized by the number of training images]")
     p.add_argument("--batch-size", metavar="N", type=int, help="images per step [recipe: digits 128, small images 512, large 64]")
-    p.add_argument("--lr", metavar="LR", type=float, help="(peak) learning rate [recipe; another model or optimizer: sgd 0.05, adam/adamw 0.004]")
+    p.add_argument(
+        "--lr", metavar="LR", type=float, help="(peak) learning rate [recipe; another model or optimizer: sgd 0.05, adam/adamw 0.004]"
+    )
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="sgd is SGD with Nesterov momentum 0.9 [recipe: sgd]")
     p.add_argument("--weight-decay", metavar="WD", type=float, help="[recipe: 5e-4; another optimizer: sgd 5e-4, adam 0, adamw 0.01]")
     p.add_argument("--schedule", choices=["cosine", "onecycle", "step", "none"], help="learning-rate schedule [recipe: onecycle]")
