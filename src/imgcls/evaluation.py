@@ -1,6 +1,7 @@
 """Evaluating a model on an in-memory split: loss, accuracy, per-class accuracy and the confusion matrix."""
 
 import csv
+import io
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from imgcls.data.registry import is_folder_spec
 from imgcls.device import amp_dtype, autocast, pick_device, use_channels_last
 from imgcls.errors import ImgclsError
 from imgcls.models import get_model_info
-from imgcls.runs import read_split
+from imgcls.runs import read_split, write_text
 
 
 @dataclass
@@ -136,8 +137,9 @@ def format_confusion(confusion: torch.Tensor, classes: list[str], max_name: int 
 
 
 def write_confusion_csv(confusion: torch.Tensor, classes: list[str], path: str | Path) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["true \\ predicted", *classes])
-        for name, row in zip(classes, confusion.tolist()):
-            writer.writerow([name, *row])
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["true \\ predicted", *classes])
+    for name, row in zip(classes, confusion.tolist()):
+        writer.writerow([name, *row])
+    write_text(Path(path), buf.getvalue())  # atomically, like every file of a run: a full disk is one line, not half a file
