@@ -1,8 +1,9 @@
-"""The `imgcls` command line: train, evaluate, report, predict, export, serve, datasets, models."""
+"""The `imgcls` command line: train, lr-find, evaluate, report, predict, export, serve, datasets, models."""
 
 import argparse
 import math
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -11,28 +12,17 @@ from imgcls import __version__
 from imgcls.errors import ImgclsError
 
 
-def _add_train(sub) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train a model (default: digitnet on the embedded MNIST sample, offline)",
-        description="Train a model and write a run folder with config, metrics, best/last checkpoints and a summary. "
-        "Unset options get defaults that suit the dataset.",
-    )
+def _add_setup(p) -> None:
+    """The data, model and optimizer options of `train`, shared with `lr-find` so that both set up the same run."""
     # Every default is None so that the config layer (and --resume) can tell what the user set.
     p.add_argument("--data", metavar="NAME|PATH", help="dataset name (see `imgcls datasets`) or an image folder path [mnist-sample]")
     p.add_argument("--data-dir", metavar="DIR", help="where named datasets live [$IMGCLS_DATA or a per-user cache folder]")
     p.add_argument("--recipe", choices=["fast", "accurate"], help="tuned settings for every option left unset (see README) [fast]")
     p.add_argument("--model", metavar="NAME", help="model name (see `imgcls models`) [recipe: digitnet for digits, speednet otherwise]")
-    p.add_argument("--epochs", metavar="N", type=int, help="epochs to train [recipe: sized by the number of training images]")
     p.add_argument("--batch-size", metavar="N", type=int, help="images per step [recipe: digits 128, small images 512, large 64]")
-    p.add_argument(
-        "--lr", metavar="LR", type=float, help="(peak) learning rate [recipe; another model or optimizer: sgd 0.05, adam/adamw 0.004]"
-    )
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="sgd is SGD with Nesterov momentum 0.9 [recipe: sgd]")
     p.add_argument("--weight-decay", metavar="WD", type=float, help="[recipe: 5e-4; another optimizer: sgd 5e-4, adam 0, adamw 0.01]")
-    p.add_argument("--schedule", choices=["cosine", "onecycle", "step", "none"], help="learning-rate schedule [recipe: onecycle]")
     p.add_argument("--label-smoothing", metavar="EPS", type=float, help="[recipe: digits 0.1, others 0.2]")
-    p.add_argument("--patience", metavar="N", type=int, help="stop after this many epochs without a better val accuracy; 0 = off [0]")
     p.add_argument("--seed", metavar="N", type=int, help="seed for init, splits, order and augmentation [0]")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="[auto]")
     p.add_argument("--val-fraction", metavar="F", type=float, help="part of train held out for validation when there is no val split [0.1]")
@@ -48,14 +38,30 @@ def _add_train(sub) -> None:
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, help="random horizontal flips [on, off for digits and greyscale]")
     p.add_argument("--rotate", metavar="DEG", type=float, help="random rotation range in degrees [recipe: accurate digits 5, else 0]")
     p.add_argument(
+        "--precision", choices=["auto", "fp32", "bf16", "fp16"],
+        help="autocast dtype [auto: bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX), fp16 on older GPUs, else fp32]",
+    )  # fmt: skip
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a model (default: digitnet on the embedded MNIST sample, offline)",
+        description="Train a model and write a run folder with config, metrics, best/last checkpoints and a summary. "
+        "Unset options get defaults that suit the dataset.",
+    )
+    _add_setup(p)
+    p.add_argument("--epochs", metavar="N", type=int, help="epochs to train [recipe: sized by the number of training images]")
+    p.add_argument(
+        "--lr", metavar="LR", type=float, help="(peak) learning rate [recipe; another model or optimizer: sgd 0.05, adam/adamw 0.004]"
+    )
+    p.add_argument("--schedule", choices=["cosine", "onecycle", "step", "none"], help="learning-rate schedule [recipe: onecycle]")
+    p.add_argument("--patience", metavar="N", type=int, help="stop after this many epochs without a better val accuracy; 0 = off [0]")
+    p.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
         help="evaluate on each image and its mirror image [on where flips are, off for digits]",
     )
-    p.add_argument(
-        "--precision", choices=["auto", "fp32", "bf16", "fp16"],
-        help="autocast dtype [auto: bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX), fp16 on older GPUs, else fp32]",
-    )  # fmt: skip
     p.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (pays off on GPUs for long runs) [off]"
     )
@@ -74,6 +80,22 @@ def _add_train(sub) -> None:
         help="plot live curves on a Visdom server [http://localhost:8097]",
     )
     p.set_defaults(func=cmd_train)
+
+
+def _add_lr_find(sub) -> None:
+    p = sub.add_parser(
+        "lr-find",
+        help="find a learning rate: a short run over growing learning rates, the loss plotted and an lr suggested",
+        description="Train a fresh model for --steps steps with the lr growing exponentially from --start-lr to --end-lr "
+        "(stopping early once the loss diverges), plot the smoothed loss against the lr, and suggest the lr of its steepest "
+        "descent for `imgcls train --lr`. Takes train's data and model options; saves no weights.",
+    )
+    _add_setup(p)
+    p.add_argument("--steps", metavar="N", type=int, default=100, help="steps of the probe [100]")
+    p.add_argument("--start-lr", metavar="LR", type=float, default=1e-7, help="lr of the first step [1e-7]")
+    p.add_argument("--end-lr", metavar="LR", type=float, default=10.0, help="lr of the last step [10]")
+    p.add_argument("--out", metavar="DIR", help="folder for lr_find.csv, .json and .png [runs/<dataset>-<model>-lr-find-<n>]")
+    p.set_defaults(func=cmd_lr_find)
 
 
 def _add_evaluate(sub) -> None:
@@ -170,16 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgcls", description="Fast, batteries-included image classification on PyTorch.")
     parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_train, _add_evaluate, _add_report, _add_predict, _add_export, _add_serve, _add_datasets, _add_models):
+    for add in (_add_train, _add_lr_find, _add_evaluate, _add_report, _add_predict, _add_export, _add_serve, _add_datasets, _add_models):
         add(sub)
     return parser
 
 
-TRAIN_KEYS = [
-    "data", "data_dir", "recipe", "model", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "label_smoothing",
-    "patience", "seed", "device", "val_fraction", "image_size", "dropout", "augment", "crop_padding", "flip", "rotate",
-    "tta", "precision", "compile",
+SETUP_KEYS = [
+    "data", "data_dir", "recipe", "model", "batch_size", "optimizer", "weight_decay", "label_smoothing", "seed", "device",
+    "val_fraction", "image_size", "dropout", "augment", "crop_padding", "flip", "rotate", "precision",
 ]  # fmt: skip
+TRAIN_KEYS = [*SETUP_KEYS, "epochs", "lr", "schedule", "patience", "tta", "compile"]
 
 
 def cmd_train(args) -> int:
@@ -213,6 +235,34 @@ def cmd_train(args) -> int:
         f"saved to {run_dir}, plots in {run_dir / 'report.html'}"
     )
     return 0
+
+
+def cmd_lr_find(args) -> int:
+    from imgcls.config import TrainConfig
+    from imgcls.lr_find import check_range, lr_find
+
+    check_range(args.steps, args.start_lr, args.end_lr)
+    given = {k: getattr(args, k) for k in SETUP_KEYS if getattr(args, k) is not None}
+    run_dir, result, cfg = lr_find(TrainConfig(**given), writable("--out", args.out, folder=True), args.steps, args.start_lr, args.end_lr)
+    stopped = f"diverged at step {len(result.rows)}, lr {result.rows[-1]['lr']:.2g}" if result.diverged else "did not diverge"
+    print(
+        f"{len(result.rows)} steps in {result.seconds:.1f}s, {stopped}\n"
+        f"lr at the steepest descent of the loss {result.steepest:.2g}; at the minimum loss / 10 {result.minimum:.2g}; "
+        f"the recipe's {cfg.lr:g}\n"
+        f"suggested lr {result.steepest:.2g} (steepest descent); train with it:\n"
+        f"  {shlex.join(['imgcls', 'train', *_flags(given), '--lr', f'{result.steepest:.2g}'])}\n"
+        f"saved lr_find.csv, lr_find.json and lr_find.png in {run_dir}"
+    )
+    return 0
+
+
+def _flags(given: dict) -> list[str]:
+    """Options back as command-line arguments, so that a printed command repeats what the user set."""
+    flags = []
+    for key, value in given.items():
+        flag = "--" + key.replace("_", "-")
+        flags += ([flag] if value else ["--no-" + flag[2:]]) if isinstance(value, bool) else [flag, str(value)]
+    return flags
 
 
 def _loggers(args) -> list:

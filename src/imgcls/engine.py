@@ -185,29 +185,37 @@ class Trainer:
             self.model, split, self.mean, self.std, self.data.num_classes, amp=self.amp, channels_last=self.channels_last, tta=self.cfg.tta
         )
 
+    def batches(self, epoch: int) -> list[torch.Tensor]:
+        """The training-image indices of each step of an epoch. The order depends only on (seed, epoch), so a resumed
+        epoch replays it exactly."""
+        order = torch.randperm(len(self.train_labels), generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch))
+        return list(order.to(self.home).split(self.cfg.batch_size)[: self.steps_per_epoch])
+
+    def train_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One optimizer step on the training images at idx: their labels, logits and loss, left on the device."""
+        x = self.train_images[idx].to(self.device, non_blocking=True)
+        y = self.train_labels[idx].to(self.device, non_blocking=True)
+        x = prepare(x, self.mean, self.std, self.augment, self.generator)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(self.device, self.amp):
+            logits = self.forward(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return y, logits, loss
+
     def train_epoch(self) -> None:
         cfg, p = self.cfg, self.progress
         self.model.train()
-        # The order of an epoch depends only on (seed, epoch), so a resumed epoch replays it exactly.
-        order = torch.randperm(len(self.train_labels), generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + p.epoch))
-        batches = order.to(self.home).split(cfg.batch_size)[: self.steps_per_epoch]
+        batches = self.batches(p.epoch)
         totals = torch.tensor(p.totals, dtype=torch.float64, device=self.device)
         start = time.perf_counter() - p.seconds
         with EpochBar(self.steps_per_epoch, p.step, f"epoch {p.epoch + 1}/{cfg.epochs}") as bar:
             for step in range(p.step, self.steps_per_epoch):
-                idx = batches[step]
-                x = self.train_images[idx].to(self.device, non_blocking=True)
-                y = self.train_labels[idx].to(self.device, non_blocking=True)
-                x = prepare(x, self.mean, self.std, self.augment, self.generator)
-                if self.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with autocast(self.device, self.amp):
-                    logits = self.forward(x)
-                    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
+                y, logits, loss = self.train_step(batches[step])
                 if self.schedule_per_step:
                     self.scheduler.step()
                 totals[0] += loss.detach() * len(y)

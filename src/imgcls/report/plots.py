@@ -1,4 +1,4 @@
-"""Matplotlib figures of a run: curves, confusion matrix, per-class accuracy, image grids, probability bars.
+"""Matplotlib figures of a run: curves, lr finder, confusion matrix, per-class accuracy, image grids, probability bars.
 
 Figures use the object-oriented API (no pyplot state), so they render headless with Agg. Each `*_figure`
 function builds a Figure; `plot_*` functions build and save one. Images come in as uint8 N x C x H x W.
@@ -73,6 +73,31 @@ def curves_figure(history: Sequence[dict]) -> Figure:
     axes[1].yaxis.set_major_formatter(PercentFormatter(1.0))
     axes[2].ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
     return fig
+
+
+def lr_find_figure(rows: Sequence[dict], suggested: float, minimum: float) -> Figure:
+    """`imgcls lr-find`'s loss against a log lr axis: each step's loss faint, the smoothed loss, the two suggestions marked."""
+    lrs = [r["lr"] for r in rows]
+    smoothed = [r["smoothed_loss"] for r in rows]
+    fig = Figure(figsize=(7, 4.2), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(lrs, [r["loss"] for r in rows], color="#9ecae1", linewidth=1, label="loss of each step")
+    ax.plot(lrs, smoothed, color="#1f77b4", linewidth=2, label="smoothed loss")
+    ax.axvline(suggested, color=WRONG, linestyle="--", label=f"suggested: steepest descent, lr {suggested:.2g}")
+    ax.axvline(minimum, color="grey", linestyle=":", label=f"minimum loss / 10, lr {minimum:.2g}")
+    finite = [v for v in smoothed if np.isfinite(v)]
+    low, high = min(finite), max(finite)
+    margin = 0.05 * (high - low) or 0.05 * abs(high) or 0.05
+    ax.set_ylim(low - margin, high + margin)  # a diverging step's loss would squash the curve into a line
+    ax.set_xscale("log")
+    ax.set(title="Learning rate finder", xlabel="learning rate (log scale)", ylabel="training loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    return fig
+
+
+def plot_lr_find(rows: Sequence[dict], suggested: float, minimum: float, path) -> None:
+    save(lr_find_figure(rows, suggested, minimum), path)
 
 
 # --- confusion matrix and per-class accuracy ---------------------------------------------------------
