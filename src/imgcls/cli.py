@@ -239,9 +239,8 @@ def cmd_train(args) -> int:
 
 def cmd_lr_find(args) -> int:
     from imgcls.config import TrainConfig
-    from imgcls.lr_find import check_range, lr_find
+    from imgcls.lr_find import lr_find
 
-    check_range(args.steps, args.start_lr, args.end_lr)
     given = {k: getattr(args, k) for k in SETUP_KEYS if getattr(args, k) is not None}
     run_dir, result, cfg = lr_find(TrainConfig(**given), writable("--out", args.out, folder=True), args.steps, args.start_lr, args.end_lr)
     stopped = f"diverged at step {len(result.rows)}, lr {result.rows[-1]['lr']:.2g}" if result.diverged else "did not diverge"

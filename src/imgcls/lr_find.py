@@ -121,7 +121,7 @@ def lr_find(
         result = probe(cfg, data, run_dir, steps, start_lr, end_lr)
         write_text(run_dir / "lr_find.csv", _csv(result.rows))
         write_json(run_dir / "lr_find.json", {
-            "suggested_lr": result.steepest, "suggestion": "steepest", "steepest_lr": result.steepest, "minimum_lr_div10": result.minimum,
+            "suggested_lr": result.steepest, "suggestion": "steepest descent", "minimum_lr_div10": result.minimum,
             "recipe_lr": cfg.lr, "steps": result.steps, "steps_run": len(result.rows), "diverged": result.diverged,
             "start_lr": start_lr, "end_lr": end_lr, "seconds": round(result.seconds, 3),
             "config": {k: v for k, v in cfg.to_dict().items() if k not in UNUSED},
