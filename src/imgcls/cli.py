@@ -60,6 +60,7 @@ def _add_train(sub) -> None:
         "--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (pays off on GPUs for long runs) [off]"
     )
     p.add_argument("--out", metavar="DIR", help="run folder [runs/<dataset>-<model>-<n>]")
+    p.add_argument("--weights", metavar="PATH", help="initial weights: a run folder or a .pt/.pth/.safetensors state dict")
     p.add_argument(
         "--resume", metavar="RUN", help="continue a run (its folder or last.pt) with its saved settings; --device and --data-dir may change"
     )
@@ -178,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
 TRAIN_KEYS = [
     "data", "data_dir", "recipe", "model", "epochs", "batch_size", "lr", "optimizer", "weight_decay", "schedule", "label_smoothing",
     "patience", "seed", "device", "val_fraction", "image_size", "dropout", "augment", "crop_padding", "flip", "rotate",
-    "tta", "precision", "compile",
+    "tta", "precision", "compile", "weights",
 ]  # fmt: skip
 
 

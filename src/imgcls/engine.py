@@ -29,6 +29,7 @@ from imgcls.errors import ImgclsError
 from imgcls.evaluation import EvalResult, evaluate, write_confusion_csv
 from imgcls.interrupt import STOP_SIGNALS, CtrlC
 from imgcls.models import create_model, get_model_info, num_params
+from imgcls.models.weights import read_state_dict, transfer
 from imgcls.runs import lock_run, new_run_dir, read_json, read_split, write_json, write_metrics, write_text
 
 SYNC_EVERY = 10  # steps between reading statistics back from the device (and checking for NaN)
@@ -381,7 +382,8 @@ def _findable(cfg: TrainConfig) -> TrainConfig:
     from any working directory."""
     data = os.path.abspath(Path(cfg.data).expanduser()) if is_folder_spec(cfg.data) else cfg.data
     data_dir = os.path.abspath(Path(cfg.data_dir).expanduser()) if cfg.data_dir else None
-    return replace(cfg, data=data, data_dir=data_dir)
+    weights = os.path.abspath(Path(cfg.weights).expanduser()) if cfg.weights else None
+    return replace(cfg, data=data, data_dir=data_dir, weights=weights)
 
 
 def _fit(trainer: Trainer) -> dict:
@@ -394,14 +396,17 @@ def _fit(trainer: Trainer) -> dict:
 def train(cfg: TrainConfig, out: str | None = None, on_step=None, loggers=()) -> tuple[Path, dict]:
     """A new run: load data, fill defaults, write the run folder, train, test."""
     check(cfg)
+    initial = read_state_dict(cfg.weights) if cfg.weights else None  # a bad file fails before the data loads
     data = _load_data(cfg)
     cfg = fill_defaults(_findable(cfg), data)
     run_dir = new_run_dir(dataset_name(cfg.data), cfg.model, out)
     with lock_run(run_dir):
         trainer = Trainer(cfg, data, run_dir, on_step=on_step, loggers=loggers)
+        # Only here: a resumed run continues from its last.pt, never from these again.
+        report = transfer(trainer.model, initial, cfg.model) if initial else None
         write_json(run_dir / "config.json", cfg.to_dict())
         _record_data(data, run_dir)
-        print(f"run {run_dir}\n{_describe(cfg, data, trainer)}", flush=True)
+        print(f"run {run_dir}\n{_describe(cfg, data, trainer)}" + (f"\n{report}" if report else ""), flush=True)
         return run_dir, _fit(trainer)
 
 
