@@ -66,6 +66,7 @@ def _add_train(sub) -> None:
         "--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (pays off on GPUs for long runs) [off]"
     )
     p.add_argument("--out", metavar="DIR", help="run folder [runs/<dataset>-<model>-<n>]")
+    p.add_argument("--weights", metavar="PATH", help="initial weights: a run folder or a .pt/.pth/.safetensors state dict")
     p.add_argument(
         "--resume", metavar="RUN", help="continue a run (its folder or last.pt) with its saved settings; --device and --data-dir may change"
     )
@@ -201,7 +202,7 @@ SETUP_KEYS = [
     "data", "data_dir", "recipe", "model", "batch_size", "optimizer", "weight_decay", "label_smoothing", "seed", "device",
     "val_fraction", "image_size", "dropout", "augment", "crop_padding", "flip", "rotate", "precision",
 ]  # fmt: skip
-TRAIN_KEYS = [*SETUP_KEYS, "epochs", "lr", "schedule", "patience", "tta", "compile"]
+TRAIN_KEYS = [*SETUP_KEYS, "epochs", "lr", "schedule", "patience", "tta", "compile", "weights"]
 
 
 def cmd_train(args) -> int:

@@ -65,6 +65,7 @@ class TrainConfig:
     tta: bool | None = None  # evaluate on each image and its mirror image, averaging the logits
     precision: str = "auto"  # auto: bf16 autocast on GPUs and on CPUs with native bf16, else fp32
     compile: bool = False  # torch.compile the model for training
+    weights: str | None = None  # initial weights (imgcls.models.weights): a run folder, checkpoint or state dict file
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -29,6 +29,7 @@ from imgcls.errors import ImgclsError
 from imgcls.evaluation import EvalResult, evaluate, write_confusion_csv
 from imgcls.interrupt import STOP_SIGNALS, CtrlC
 from imgcls.models import create_model, get_model_info, num_params
+from imgcls.models.weights import read_state_dict, transfer
 from imgcls.runs import lock_run, new_run_dir, read_json, read_split, write_json, write_metrics, write_text
 
 SYNC_EVERY = 10  # steps between reading statistics back from the device (and checking for NaN)
@@ -370,7 +371,7 @@ def _describe(cfg: TrainConfig, data: Dataset, trainer: Trainer) -> str:
     )
 
 
-def _load_data(cfg: TrainConfig, split_files=None) -> Dataset:
+def load_run_data(cfg: TrainConfig, split_files=None) -> Dataset:
     return load_dataset(
         cfg.data, data_dir=cfg.data_dir, seed=cfg.seed, val_fraction=cfg.val_fraction, image_size=cfg.image_size, split_files=split_files
     )
@@ -384,12 +385,13 @@ def _record_data(data: Dataset, run_dir: Path) -> None:
         print(f"skipped {len(data.skipped)} unreadable files (listed in {run_dir / 'skipped_files.txt'})", file=sys.stderr)
 
 
-def _findable(cfg: TrainConfig) -> TrainConfig:
+def findable(cfg: TrainConfig) -> TrainConfig:
     """The config with its data paths made absolute, so that resume, evaluate, report and export find the data
     from any working directory."""
     data = os.path.abspath(Path(cfg.data).expanduser()) if is_folder_spec(cfg.data) else cfg.data
     data_dir = os.path.abspath(Path(cfg.data_dir).expanduser()) if cfg.data_dir else None
-    return replace(cfg, data=data, data_dir=data_dir)
+    weights = os.path.abspath(Path(cfg.weights).expanduser()) if cfg.weights else None
+    return replace(cfg, data=data, data_dir=data_dir, weights=weights)
 
 
 def _fit(trainer: Trainer) -> dict:
@@ -402,14 +404,17 @@ def _fit(trainer: Trainer) -> dict:
 def train(cfg: TrainConfig, out: str | None = None, on_step=None, loggers=()) -> tuple[Path, dict]:
     """A new run: load data, fill defaults, write the run folder, train, test."""
     check(cfg)
-    data = _load_data(cfg)
-    cfg = fill_defaults(_findable(cfg), data)
+    initial = read_state_dict(cfg.weights) if cfg.weights else None  # a bad file fails before the data loads
+    data = load_run_data(cfg)
+    cfg = fill_defaults(findable(cfg), data)
     run_dir = new_run_dir(dataset_name(cfg.data), cfg.model, out)
     with lock_run(run_dir):
         trainer = Trainer(cfg, data, run_dir, on_step=on_step, loggers=loggers)
+        # Only here: a resumed run continues from its last.pt, never from these again.
+        report = transfer(trainer.model, initial, cfg.model) if initial else None
         write_json(run_dir / "config.json", cfg.to_dict())
         _record_data(data, run_dir)
-        print(f"run {run_dir}\n{_describe(cfg, data, trainer)}", flush=True)
+        print(f"run {run_dir}\n{_describe(cfg, data, trainer)}" + (f"\n{report}" if report else ""), flush=True)
         return run_dir, _fit(trainer)
 
 
@@ -421,7 +426,7 @@ def _on_this_machine(cfg: TrainConfig, run_dir: Path, device: str | None, data_d
         except ImgclsError:
             print(f"{run_dir} trained on --device {cfg.device}, which this machine lacks: resuming with --device auto", file=sys.stderr)
             device = "auto"
-    return _findable(replace(cfg, device=device or cfg.device, data_dir=data_dir or cfg.data_dir))
+    return findable(replace(cfg, device=device or cfg.device, data_dir=data_dir or cfg.data_dir))
 
 
 def resume(run: str | Path, device: str | None = None, data_dir: str | None = None, on_step=None, loggers=()) -> tuple[Path, dict]:
@@ -441,7 +446,7 @@ def resume(run: str | Path, device: str | None = None, data_dir: str | None = No
                 raise ImgclsError(f"{ckpt['path']} holds weights only (no training state): resume from the run folder or its last.pt")
             saved = ckpt["config"]
         cfg = _on_this_machine(TrainConfig.from_dict(saved), run_dir, device, data_dir)
-        data = _load_data(cfg, split_files=read_split(run_dir))
+        data = load_run_data(cfg, split_files=read_split(run_dir))
         if ckpt is not None and (list(data.classes) != ckpt["classes"] or list(data.shape) != ckpt["in_shape"]):
             raise ImgclsError(f"the data of {run_dir} changed since it was trained (classes or image size differ): start a new run")
         trainer = Trainer(cfg, data, run_dir, on_step=on_step, loggers=loggers)

@@ -19,7 +19,7 @@ from tqdm import tqdm
 from imgcls.config import TrainConfig, check, fill_defaults
 from imgcls.data import dataset_name
 from imgcls.data.core import Dataset
-from imgcls.engine import Trainer, _findable, _load_data
+from imgcls.engine import Trainer, findable, load_run_data
 from imgcls.errors import ImgclsError
 from imgcls.runs import lock_run, new_run_dir, write_json, write_text
 
@@ -110,8 +110,8 @@ def lr_find(
     (or `out`). Returns the folder, the result and the config filled in as `imgcls train` would."""
     check(cfg)
     check_range(steps, start_lr, end_lr)
-    data = _load_data(cfg)
-    cfg = fill_defaults(_findable(cfg), data)
+    data = load_run_data(cfg)
+    cfg = fill_defaults(findable(cfg), data)
     run_dir = new_run_dir(dataset_name(cfg.data), f"{cfg.model}-lr-find", out)
     with lock_run(run_dir):
         print(
