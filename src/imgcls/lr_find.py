@@ -4,8 +4,6 @@ The steps are the Trainer's own (`Trainer.train_step`: augmentation, autocast, c
 with the lr set before each one instead of by a schedule. Nothing is saved but the curve: the weights are a probe's.
 """
 
-import csv
-import io
 import itertools
 import math
 import sys
@@ -21,7 +19,7 @@ from imgcls.data import dataset_name
 from imgcls.data.core import Dataset
 from imgcls.engine import Trainer, findable, load_run_data
 from imgcls.errors import ImgclsError
-from imgcls.runs import lock_run, new_run_dir, write_json, write_text
+from imgcls.runs import lock_run, new_run_dir, write_json, write_rows
 
 BETA = 0.98  # smoothing of the loss, as fastai's Recorder
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this many times its best, as fastai
@@ -94,15 +92,6 @@ def probe(cfg: TrainConfig, data: Dataset, run_dir: Path, steps: int = 100, star
     return LrFind(rows, steps, diverged, steepest, minimum, time.perf_counter() - start)
 
 
-def _csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-    return buf.getvalue()
-
-
 def lr_find(
     cfg: TrainConfig, out: str | Path | None = None, steps: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0
 ) -> tuple[Path, LrFind, TrainConfig]:
@@ -119,7 +108,7 @@ def lr_find(
             flush=True,
         )
         result = probe(cfg, data, run_dir, steps, start_lr, end_lr)
-        write_text(run_dir / "lr_find.csv", _csv(result.rows))
+        write_rows(run_dir / "lr_find.csv", COLUMNS, result.rows)
         write_json(run_dir / "lr_find.json", {
             "suggested_lr": result.steepest, "suggestion": "steepest descent", "minimum_lr_div10": result.minimum,
             "recipe_lr": cfg.lr, "steps": result.steps, "steps_run": len(result.rows), "diverged": result.diverged,

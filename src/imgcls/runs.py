@@ -82,14 +82,18 @@ def read_split(run_dir: Path) -> dict[str, list[str]] | None:
     return read_json(path) if path.exists() else None
 
 
-def write_metrics(path: Path, history: list[dict]) -> None:
-
+def write_rows(path: Path, columns: list[str], rows: list[dict]) -> None:
+    """Rows as a CSV file with these columns (others ignored), floats to 6 significant digits."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    for row in history:
+    for row in rows:
         writer.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
     write_text(path, buf.getvalue())
+
+
+def write_metrics(path: Path, history: list[dict]) -> None:
+    write_rows(path, METRIC_COLUMNS, history)
 
 
 def read_metrics(path: Path) -> list[dict]:
