@@ -18,7 +18,11 @@ def _add_setup(p) -> None:
     p.add_argument("--data", metavar="NAME|PATH", help="dataset name (see `imgcls datasets`) or an image folder path [mnist-sample]")
     p.add_argument("--data-dir", metavar="DIR", help="where named datasets live [$IMGCLS_DATA or a per-user cache folder]")
     p.add_argument("--recipe", choices=["fast", "accurate"], help="tuned settings for every option left unset (see README) [fast]")
-    p.add_argument("--model", metavar="NAME", help="model name (see `imgcls models`) [recipe: digitnet for digits, speednet otherwise]")
+    p.add_argument(
+        "--model",
+        metavar="NAME",
+        help="a built-in or torchvision model (resnet50, tv:resnet18; see `imgcls models`) [recipe: digitnet for digits, speednet otherwise]",
+    )
     p.add_argument("--batch-size", metavar="N", type=int, help="images per step [recipe: digits 128, small images 512, large 64]")
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="sgd is SGD with Nesterov momentum 0.9 [recipe: sgd]")
     p.add_argument("--weight-decay", metavar="WD", type=float, help="[recipe: 5e-4; another optimizer: sgd 5e-4, adam 0, adamw 0.01]")
@@ -67,6 +71,11 @@ def _add_train(sub) -> None:
     )
     p.add_argument("--out", metavar="DIR", help="run folder [runs/<dataset>-<model>-<n>]")
     p.add_argument("--weights", metavar="PATH", help="initial weights: a run folder or a .pt/.pth/.safetensors state dict")
+    p.add_argument(
+        "--pretrained",
+        choices=["auto", "on", "off"],
+        help="a torchvision model's ImageNet weights ($TORCH_HOME/hub/checkpoints): auto uses them when cached or downloadable [auto]",
+    )
     p.add_argument(
         "--resume", metavar="RUN", help="continue a run (its folder or last.pt) with its saved settings; --device and --data-dir may change"
     )
@@ -183,6 +192,8 @@ def _add_datasets(sub) -> None:
 
 def _add_models(sub) -> None:
     p = sub.add_parser("models", help="list the models with parameter counts, or --summary one of them")
+    p.add_argument("--all", action="store_true", help="list every torchvision classification model (any of them works as --model)")
+    p.add_argument("--pretrained", action="store_true", help="list the torchvision models with ImageNet weights: file name, cached or not")
     p.add_argument("--summary", metavar="NAME", help="print layers, output shapes and parameters of this model")
     p.add_argument("--input", default="3,32,32", help="input shape C,H,W for --summary [3,32,32]")
     p.add_argument("--classes", type=int, default=10, help="number of classes for --summary [10]")
@@ -202,7 +213,7 @@ SETUP_KEYS = [
     "data", "data_dir", "recipe", "model", "batch_size", "optimizer", "weight_decay", "label_smoothing", "seed", "device",
     "val_fraction", "image_size", "dropout", "augment", "crop_padding", "flip", "rotate", "precision",
 ]  # fmt: skip
-TRAIN_KEYS = [*SETUP_KEYS, "epochs", "lr", "schedule", "patience", "tta", "compile", "weights"]
+TRAIN_KEYS = [*SETUP_KEYS, "epochs", "lr", "schedule", "patience", "tta", "compile", "weights", "pretrained"]
 
 
 def cmd_train(args) -> int:
@@ -415,6 +426,11 @@ def cmd_models(args) -> int:
     from imgcls.models import MODELS, create_model, num_params
     from imgcls.models.summary import summarize
 
+    if args.all or args.pretrained:
+        from imgcls.models.torchvision_models import listing
+
+        print("\n".join(listing(pretrained_only=args.pretrained)))
+        return 0
     if args.summary:
         try:
             shape = tuple(int(v) for v in args.input.split(","))
@@ -429,7 +445,11 @@ def cmd_models(args) -> int:
     for name, info in MODELS.items():
         counts = [f"{num_params(create_model(name, s, 10)):>11,}" for s in ((1, 28, 28), (3, 32, 32))]
         print(f"{name:<{width}}  {counts[0]}  {counts[1]}  {info.description}")
-    print("(parameters for 10 classes)")
+    print(
+        "(parameters for 10 classes)\n"
+        "any torchvision classification model also works as --model (tv:NAME for one a built-in shadows, such as tv:resnet18):\n"
+        "`imgcls models --all` lists them, `imgcls models --pretrained` those with ImageNet weights and whether these are cached"
+    )
     return 0
 
 

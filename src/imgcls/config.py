@@ -8,12 +8,13 @@ from imgcls.data.augment import Augment
 from imgcls.data.core import Dataset
 from imgcls.device import pick_device
 from imgcls.errors import ImgclsError
-from imgcls.models import MODELS, get_model_info, model_options
+from imgcls.models import MODELS, check_input, get_model_info, model_options
 from imgcls.recipes import RECIPES, recipe_settings
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "onecycle", "step", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRETRAINED = ("auto", "on", "off")
 # For an optimizer other than the recipe's, whose tuned lr and decay would not fit it; the lr also for a model other
 # than the recipe's (its lr 0.2, tuned for speednet, left the tutorial cnn at 10-53% after 2 CIFAR-10 epochs over seeds,
 # against 47-48% at 0.05).
@@ -66,6 +67,7 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast on GPUs and on CPUs with native bf16, else fp32
     compile: bool = False  # torch.compile the model for training
     weights: str | None = None  # initial weights (imgcls.models.weights): a run folder, checkpoint or state dict file
+    pretrained: str = "auto"  # ImageNet weights of a torchvision model; a run's config.json holds the outcome, on or off
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,6 +97,7 @@ def check(cfg: TrainConfig) -> None:
         ("optimizer", cfg.optimizer, OPTIMIZERS),
         ("schedule", cfg.schedule, SCHEDULES),
         ("precision", cfg.precision, PRECISIONS),
+        ("pretrained", cfg.pretrained, PRETRAINED),
     ):
         if value is not None and value not in choices:
             raise ImgclsError(f"unknown {name} '{value}': choose one of {', '.join(choices)}")
@@ -130,4 +133,5 @@ def fill_defaults(cfg: TrainConfig, data: Dataset) -> TrainConfig:
             values[key] = value
     filled = TrainConfig.from_dict(values)
     check(filled)  # again, now that the model is known
+    check_input(filled.model, data.shape)
     return filled

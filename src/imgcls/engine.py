@@ -29,6 +29,7 @@ from imgcls.errors import ImgclsError
 from imgcls.evaluation import EvalResult, evaluate, write_confusion_csv
 from imgcls.interrupt import STOP_SIGNALS, CtrlC
 from imgcls.models import create_model, get_model_info, num_params
+from imgcls.models.torchvision_models import imagenet_normalised, pretrained_weights
 from imgcls.models.weights import read_state_dict, transfer
 from imgcls.runs import lock_run, new_run_dir, read_json, read_split, write_json, write_metrics, write_text
 
@@ -405,8 +406,11 @@ def train(cfg: TrainConfig, out: str | None = None, on_step=None, loggers=()) ->
     """A new run: load data, fill defaults, write the run folder, train, test."""
     check(cfg)
     initial = read_state_dict(cfg.weights) if cfg.weights else None  # a bad file fails before the data loads
+    imagenet, pretrained = pretrained_weights(cfg.model, cfg.pretrained, cfg.weights)
     data = load_run_data(cfg)
-    cfg = fill_defaults(findable(cfg), data)
+    cfg = fill_defaults(findable(replace(cfg, pretrained=pretrained)), data)
+    data = imagenet_normalised(data, cfg.pretrained)
+    initial = initial or imagenet
     run_dir = new_run_dir(dataset_name(cfg.data), cfg.model, out)
     with lock_run(run_dir):
         trainer = Trainer(cfg, data, run_dir, on_step=on_step, loggers=loggers)
@@ -446,7 +450,7 @@ def resume(run: str | Path, device: str | None = None, data_dir: str | None = No
                 raise ImgclsError(f"{ckpt['path']} holds weights only (no training state): resume from the run folder or its last.pt")
             saved = ckpt["config"]
         cfg = _on_this_machine(TrainConfig.from_dict(saved), run_dir, device, data_dir)
-        data = load_run_data(cfg, split_files=read_split(run_dir))
+        data = imagenet_normalised(load_run_data(cfg, split_files=read_split(run_dir)), cfg.pretrained)
         if ckpt is not None and (list(data.classes) != ckpt["classes"] or list(data.shape) != ckpt["in_shape"]):
             raise ImgclsError(f"the data of {run_dir} changed since it was trained (classes or image size differ): start a new run")
         trainer = Trainer(cfg, data, run_dir, on_step=on_step, loggers=loggers)

@@ -30,7 +30,7 @@ def new_run_dir(dataset: str, model: str, out: str | None, root: str = "runs") -
     base.mkdir(parents=True, exist_ok=True)
     n = 1
     while True:
-        path = base / f"{dataset}-{model}-{n}"
+        path = base / f"{dataset}-{model.replace(':', '-')}-{n}"  # tv:resnet18: no colons in folder names (Windows)
         try:
             path.mkdir()
             return path

@@ -18,6 +18,7 @@ class ModelInfo:
     build: Builder  # build(in_shape=(C, H, W), num_classes=K, **options)
     min_size: int = 1  # smallest H/W the architecture accepts
     convolutional: bool = True  # channels_last only helps convolutions
+    channels: int | None = None  # the one channel count it takes, for models built for RGB only
 
 
 MODELS: dict[str, ModelInfo] = {}
@@ -32,18 +33,34 @@ def register_model(name: str, description: str, min_size: int = 1, convolutional
 
 
 def get_model_info(name: str) -> ModelInfo:
-    if name not in MODELS:
-        raise ImgclsError(f"unknown model '{name}': choose one of {', '.join(MODELS)} (see `imgcls models`)")
-    return MODELS[name]
+    """A built-in model, else torchvision's classification model of that name (`tv:NAME` always means torchvision's)."""
+    if name in MODELS:
+        return MODELS[name]
+    from imgcls.models.torchvision_models import model_info  # imports torchvision: only for names that are not built-ins
+
+    info = model_info(name)
+    if info is None:
+        raise ImgclsError(
+            f"unknown model '{name}': choose one of {', '.join(MODELS)} or a torchvision classification model (see `imgcls models --all`)"
+        )
+    return info
 
 
-def create_model(name: str, in_shape: tuple[int, int, int], num_classes: int, **options) -> nn.Module:
+def check_input(name: str, in_shape: tuple[int, int, int]) -> None:
+    """Refuse data the model cannot take, before a run folder is made."""
     info = get_model_info(name)
+    if info.channels is not None and in_shape[0] != info.channels:
+        # torchvision's models: a grey-to-RGB wrapper would rename every tensor and break loading their weights.
+        raise ImgclsError(f"model '{name}' takes {info.channels}-channel images, the data has {in_shape[0]}: pick a built-in model")
     if min(in_shape[1:]) < info.min_size:
         raise ImgclsError(
             f"model '{name}' needs images of at least {info.min_size}x{info.min_size}, got {in_shape[1]}x{in_shape[2]}: pass --image-size or pick another model"
         )
-    return info.build(in_shape=tuple(in_shape), num_classes=num_classes, **options)
+
+
+def create_model(name: str, in_shape: tuple[int, int, int], num_classes: int, **options) -> nn.Module:
+    check_input(name, in_shape)
+    return get_model_info(name).build(in_shape=tuple(in_shape), num_classes=num_classes, **options)
 
 
 def model_options(name: str) -> set[str]:

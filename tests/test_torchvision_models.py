@@ -1,0 +1,173 @@
+"""torchvision's classification models as --model, and --pretrained: their ImageNet weights from torch.hub's cache."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision.models as tvm
+
+from conftest import make_folder
+from imgcls import checkpoint
+from imgcls import engine as engine_module
+from imgcls.cli import main
+from imgcls.config import TrainConfig
+from imgcls.engine import resume, train
+from imgcls.errors import ImgclsError
+from imgcls.models import MODELS, create_model, get_model_info
+from imgcls.models.torchvision_models import IMAGENET_MEAN, IMAGENET_STD, cache_path, default_weights
+
+QUICK = ["--epochs", "1", "--batch-size", "8", "--device", "cpu"]
+
+
+@pytest.fixture(autouse=True)
+def torch_home(tmp_path, monkeypatch):
+    """torch.hub's cache (where --pretrained looks) inside the test's folder: nothing real is read or downloaded."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    return tmp_path / "torch"
+
+
+def run_cli(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(capsys, *args) -> str:
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2, err
+    assert err.startswith("imgcls: error: ") and len(err.strip().splitlines()) == 1, err
+    return err
+
+
+def rgb_folder() -> Path:
+    return make_folder(Path("two"), per_class=10, size=(32, 32))
+
+
+def cache_imagenet_file(name: str) -> dict[str, torch.Tensor]:
+    """What torchvision's download would leave in the cache: a 1000-class state dict (here random) under the weights' file name."""
+    torch.manual_seed(1)
+    net = tvm.get_model(name.removeprefix("tv:"), weights=None)
+    # Batch-norm statistics of real activations, as trained weights have: the initial ones blow eval logits up to hundreds.
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None
+    with torch.no_grad():
+        net(torch.randn(16, 3, 32, 32))
+    state = net.state_dict()
+    path = cache_path(default_weights(name))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return state
+
+
+def test_names_reach_built_ins_first_and_torchvision_otherwise():
+    assert get_model_info("resnet18") is MODELS["resnet18"]  # the small-image built-in shadows torchvision's
+    assert create_model("tv:resnet18", (3, 32, 32), 2).conv1.kernel_size == (7, 7)
+    assert create_model("torchvision:resnet18", (3, 32, 32), 2).fc.out_features == 2
+    assert create_model("mobilenet_v3_small", (3, 32, 32), 5).classifier[-1].out_features == 5
+    with pytest.raises(ImgclsError, match="unknown model 'tv:nosuch'.*imgcls models --all"):
+        get_model_info("tv:nosuch")
+
+
+@pytest.mark.parametrize("model", ["tv:resnet18", "mobilenet_v3_small"])
+def test_a_torchvision_model_trains_from_scratch_when_auto_finds_no_weights(model, capsys):
+    code, out, err = run_cli(capsys, "train", "--data", rgb_folder(), "--model", model, *QUICK)
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if "--pretrained" in line]
+    assert len(lines) == 1, err
+    path = cache_path(default_weights(model))
+    assert lines[0].startswith(f"imgcls: --pretrained auto: no ImageNet weights for {model.removeprefix('tv:')}")
+    assert str(path) in lines[0] and "IMGCLS_OFFLINE" in lines[0] and lines[0].endswith("training from scratch instead")
+    run = Path("runs") / f"two-{model.replace(':', '-')}-1"
+    assert json.loads((run / "config.json").read_text())["pretrained"] == "off"
+    ckpt = checkpoint.load(run)
+    assert ckpt["model"] == model and ckpt["mean"] != list(IMAGENET_MEAN)
+
+
+def test_pretrained_on_starts_from_the_cached_imagenet_weights_with_a_new_head(capsys, monkeypatch):
+    imagenet = cache_imagenet_file("tv:resnet18")
+    started = {}
+
+    class Recording(engine_module.Trainer):
+        def train_epoch(self):
+            started.setdefault("weights", {k: v.clone() for k, v in self.model.state_dict().items()})
+            super().train_epoch()
+
+    monkeypatch.setattr(engine_module, "Trainer", Recording)
+    code, out, err = run_cli(
+        capsys, "train", "--data", rgb_folder(), "--model", "tv:resnet18", "--pretrained", "on", *QUICK, "--lr", "0.001", "--out", "run"
+    )  # a fine-tuning lr
+    assert code == 0, err
+    assert "--pretrained" not in err
+    path = cache_path(default_weights("tv:resnet18"))
+    assert f"weights from {path}: 120 tensors loaded, 2 skipped (shape or name differ), 2 new (fc.weight, fc.bias)" in out
+    body = [k for k in imagenet if not k.startswith("fc.")]
+    assert all(torch.equal(started["weights"][k], imagenet[k]) for k in body)
+    assert started["weights"]["fc.weight"].shape == (2, 512)
+    ckpt = checkpoint.load(Path("run"))
+    assert (ckpt["mean"], ckpt["std"]) == (list(IMAGENET_MEAN), list(IMAGENET_STD))
+    assert json.loads(Path("run/config.json").read_text())["pretrained"] == "on"
+
+    # The checkpoint rebuilds the model for predict and export (ONNX, with its parity check).
+    code, out, err = run_cli(capsys, "predict", "run", "two/cat/000.png", "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)[0]["predictions"][0]["label"] in ("cat", "dog")
+    code, out, err = run_cli(capsys, "export", "run", "--parity-images", "4")
+    assert code == 0, err
+    assert Path("run/best.onnx").is_file()
+
+    # Resuming keeps ImageNet's normalisation and never loads the weights file again.
+    path.unlink()
+    resumed = {}
+
+    class Resumed(engine_module.Trainer):
+        def __init__(self, cfg, data, *args, **kwargs):
+            resumed["mean"] = data.mean
+            super().__init__(cfg, data, *args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "Trainer", Resumed)
+    resume("run")
+    assert resumed["mean"] == IMAGENET_MEAN
+
+
+def test_pretrained_on_without_the_weights_is_a_one_line_error_naming_the_file(capsys):
+    err = one_line_error(capsys, "train", "--data", rgb_folder(), "--model", "mobilenet_v3_small", "--pretrained", "on", *QUICK)
+    assert str(cache_path(default_weights("mobilenet_v3_small"))) in err and "IMGCLS_OFFLINE" in err
+    assert not Path("runs").exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "cnn", "--pretrained", "on"], "model 'cnn' has no pretrained weights"),
+        (["--pretrained", "on"], "model 'the recipe default' has no pretrained weights"),
+        (["--model", "tv:resnet18", "--pretrained", "on", "--weights", "x.pt"], "--pretrained on and --weights both"),
+    ],
+)
+def test_pretrained_on_without_imagenet_weights_to_use_is_refused(capsys, args, message):
+    torch.save(create_model("tv:resnet18", (3, 32, 32), 2).state_dict(), "x.pt")
+    assert message in one_line_error(capsys, "train", "--data", rgb_folder(), *QUICK, *args)
+
+
+def test_an_unknown_pretrained_setting_is_refused():
+    with pytest.raises(ImgclsError, match="unknown pretrained 'yes': choose one of auto, on, off"):
+        train(TrainConfig(pretrained="yes"))
+
+
+def test_grey_data_is_refused_for_torchvision_models_before_a_run_folder_is_made(capsys):
+    err = one_line_error(capsys, "train", "--model", "mobilenet_v3_small", "--pretrained", "off", *QUICK)
+    assert "takes 3-channel images, the data has 1" in err
+    assert not Path("runs").exists()
+
+
+def test_models_lists_the_torchvision_models_and_their_cached_weights(capsys):
+    code, out, _ = run_cli(capsys, "models")
+    assert code == 0 and "`imgcls models --all`" in out and "tv:resnet18" in out
+    code, out, _ = run_cli(capsys, "models", "--all")
+    assert code == 0 and {"resnet50", "efficientnet_b0", "vit_b_16"} <= set(out.split())
+    cache_imagenet_file("tv:resnet18")
+    code, out, _ = run_cli(capsys, "models", "--pretrained")
+    rows = {line.split()[0]: line for line in out.splitlines()}
+    assert rows["resnet18"].split()[1:] == ["resnet18-f37072fd.pth", "cached"]
+    assert rows["resnet50"].endswith("not cached")
