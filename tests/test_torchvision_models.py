@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from urllib.error import URLError
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from imgcls.config import TrainConfig
 from imgcls.engine import resume, train
 from imgcls.errors import ImgclsError
 from imgcls.models import MODELS, create_model, get_model_info
-from imgcls.models.torchvision_models import IMAGENET_MEAN, IMAGENET_STD, cache_path, default_weights
+from imgcls.models.torchvision_models import IMAGENET_MEAN, IMAGENET_STD, cache_path, default_weights, pretrained_weights
 
 QUICK = ["--epochs", "1", "--batch-size", "8", "--device", "cpu"]
 
@@ -155,9 +156,16 @@ def test_an_unknown_pretrained_setting_is_refused():
         train(TrainConfig(pretrained="yes"))
 
 
-def test_grey_data_is_refused_for_torchvision_models_before_a_run_folder_is_made(capsys):
-    err = one_line_error(capsys, "train", "--model", "mobilenet_v3_small", "--pretrained", "off", *QUICK)
-    assert "takes 3-channel images, the data has 1" in err
+@pytest.mark.parametrize(
+    "model, data, message",
+    [
+        ("mobilenet_v3_small", "mnist-sample", "takes 3-channel images, the data has 1"),
+        ("vit_b_16", "rgb", "takes 224x224 images, got 32x32: pass --image-size 224"),
+    ],
+)
+def test_data_a_torchvision_model_cannot_take_is_refused_before_a_run_folder_is_made(capsys, model, data, message):
+    data = rgb_folder() if data == "rgb" else data
+    assert message in one_line_error(capsys, "train", "--data", data, "--model", model, "--pretrained", "off", *QUICK)
     assert not Path("runs").exists()
 
 
@@ -171,3 +179,16 @@ def test_models_lists_the_torchvision_models_and_their_cached_weights(capsys):
     rows = {line.split()[0]: line for line in out.splitlines()}
     assert rows["resnet18"].split()[1:] == ["resnet18-f37072fd.pth", "cached"]
     assert rows["resnet50"].endswith("not cached")
+
+
+def test_a_failed_download_is_one_line_in_auto_and_an_error_in_on(monkeypatch, capsys):
+    def no_network(url, **kwargs):
+        raise URLError("no network")
+
+    monkeypatch.setenv("IMGCLS_OFFLINE", "0")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
+    assert pretrained_weights("efficientnet_b0", "auto", None) == (None, "off")
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "no network" in err and str(cache_path(default_weights("efficientnet_b0"))) in err
+    with pytest.raises(ImgclsError, match="no network.*put the file at that path, or use --pretrained auto"):
+        pretrained_weights("efficientnet_b0", "on", None)

@@ -19,6 +19,7 @@ class ModelInfo:
     min_size: int = 1  # smallest H/W the architecture accepts
     convolutional: bool = True  # channels_last only helps convolutions
     channels: int | None = None  # the one channel count it takes, for models built for RGB only
+    size: int | None = None  # the one image side it takes (torchvision's ViTs)
 
 
 MODELS: dict[str, ModelInfo] = {}
@@ -52,6 +53,10 @@ def check_input(name: str, in_shape: tuple[int, int, int]) -> None:
     if info.channels is not None and in_shape[0] != info.channels:
         # torchvision's models: a grey-to-RGB wrapper would rename every tensor and break loading their weights.
         raise ImgclsError(f"model '{name}' takes {info.channels}-channel images, the data has {in_shape[0]}: pick a built-in model")
+    if info.size is not None and tuple(in_shape[1:]) != (info.size, info.size):
+        raise ImgclsError(
+            f"model '{name}' takes {info.size}x{info.size} images, got {in_shape[1]}x{in_shape[2]}: pass --image-size {info.size}"
+        )
     if min(in_shape[1:]) < info.min_size:
         raise ImgclsError(
             f"model '{name}' needs images of at least {info.min_size}x{info.min_size}, got {in_shape[1]}x{in_shape[2]}: pass --image-size or pick another model"

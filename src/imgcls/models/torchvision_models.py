@@ -43,7 +43,8 @@ def model_info(name: str) -> ModelInfo | None:
     base = base_name(name)
     if base not in classification_models():
         return None
-    return ModelInfo(name, f"torchvision {base} (ImageNet architecture)", functools.partial(_build, base), min_size=MIN_SIZE, channels=3)
+    size = 224 if base.startswith("vit_") else None  # position embeddings for one size: torchvision's default
+    return ModelInfo(name, f"torchvision {base} (ImageNet architecture)", functools.partial(_build, base), MIN_SIZE, channels=3, size=size)
 
 
 def _build(base: str, in_shape, num_classes) -> nn.Module:
