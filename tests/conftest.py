@@ -77,6 +77,23 @@ def save_checkpoint(path: Path, model="cnn", in_shape=(1, 28, 28), classes=tuple
     return path
 
 
+def run_cli(capsys, *args) -> tuple[int, str, str]:
+    """`imgcls ARGS` in-process: exit code, stdout, stderr."""
+    from imgcls.cli import main
+
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(capsys, *args) -> str:
+    """`imgcls ARGS` must fail with exit 2 and one `imgcls: error:` line, no traceback: that line."""
+    code, _, err = run_cli(capsys, *args)
+    assert code == 2, err
+    assert err.startswith("imgcls: error: ") and len(err.strip().splitlines()) == 1, err
+    return err
+
+
 def cli_train(root: Path, *args: str) -> subprocess.CompletedProcess:
     """`imgcls train ARGS --out ROOT/run` in a subprocess (offline, own cache), for fixtures that share one run."""
     env = {**os.environ, "IMGCLS_OFFLINE": "1", "IMGCLS_CACHE": str(root / "cache")}

@@ -8,21 +8,12 @@ import sys
 import pytest
 import torch
 
-from conftest import save_checkpoint
-from imgcls.cli import main
+from conftest import one_line_error, save_checkpoint
 from imgcls.config import TrainConfig, check
 from imgcls.errors import ImgclsError
 from imgcls.export import export
 
 QUICK = ["--model", "mlp", "--epochs", "1"]  # so that the old code, which let these through, failed fast
-
-
-def one_line_error(capsys, *args) -> str:
-    code = main([str(a) for a in args])
-    _, err = capsys.readouterr()
-    assert code == 2, err
-    assert err.startswith("imgcls: error: ") and len(err.strip().splitlines()) == 1, err
-    return err
 
 
 @pytest.mark.parametrize(

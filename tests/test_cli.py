@@ -9,14 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli_train, make_folder
-from imgcls.cli import main
-
-
-def run_cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
+from conftest import cli_train, make_folder, run_cli
 
 
 def imgcls(*args, timeout=120):

@@ -10,8 +10,7 @@ import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from PIL import Image
 
-from conftest import chromium, cli_train, make_folder
-from imgcls.cli import main
+from conftest import chromium, cli_train, make_folder, run_cli
 from imgcls.data.augment import Augment, denormalize, prepare
 from imgcls.data.registry import CIFAR_MEAN, CIFAR_STD, MNIST_MEAN, MNIST_STD
 from imgcls.report import PLOTS, plots, write_report
@@ -19,12 +18,6 @@ from imgcls.report.interpret import top_losses
 
 pytestmark = pytest.mark.report
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def run_cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")

@@ -8,10 +8,9 @@ import pytest
 import torch
 import torchvision.models as tvm
 
-from conftest import make_folder
+from conftest import make_folder, one_line_error, run_cli
 from imgcls import checkpoint
 from imgcls import engine as engine_module
-from imgcls.cli import main
 from imgcls.config import TrainConfig
 from imgcls.engine import resume, train
 from imgcls.errors import ImgclsError
@@ -26,19 +25,6 @@ def torch_home(tmp_path, monkeypatch):
     """torch.hub's cache (where --pretrained looks) inside the test's folder: nothing real is read or downloaded."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     return tmp_path / "torch"
-
-
-def run_cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(capsys, *args) -> str:
-    code, _, err = run_cli(capsys, *args)
-    assert code == 2, err
-    assert err.startswith("imgcls: error: ") and len(err.strip().splitlines()) == 1, err
-    return err
 
 
 def rgb_folder() -> Path:

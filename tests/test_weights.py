@@ -7,10 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_folder, save_checkpoint
+from conftest import make_folder, one_line_error, run_cli, save_checkpoint
 from imgcls import checkpoint
 from imgcls import engine as engine_module
-from imgcls.cli import main
 from imgcls.config import TrainConfig
 from imgcls.engine import Interrupted, resume, train
 from imgcls.errors import ImgclsError
@@ -18,19 +17,6 @@ from imgcls.models import create_model
 from imgcls.models.weights import read_state_dict, transfer
 
 QUICK = ["--model", "cnn", "--epochs", "1", "--device", "cpu"]
-
-
-def run_cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(capsys, *args) -> str:
-    code, _, err = run_cli(capsys, *args)
-    assert code == 2, err
-    assert err.startswith("imgcls: error: ") and len(err.strip().splitlines()) == 1, err
-    return err
 
 
 @pytest.fixture
