@@ -94,6 +94,22 @@ def one_line_error(capsys, *args) -> str:
     return err
 
 
+@pytest.fixture
+def weights_at_start(monkeypatch) -> dict:
+    """Filled with the model's tensors as the first epoch of the next run starts (key "weights"), to check where it began."""
+    from imgcls import engine
+
+    started = {}
+
+    class Recording(engine.Trainer):
+        def train_epoch(self):
+            started.setdefault("weights", {k: v.clone() for k, v in self.model.state_dict().items()})
+            super().train_epoch()
+
+    monkeypatch.setattr(engine, "Trainer", Recording)
+    return started
+
+
 def cli_train(root: Path, *args: str) -> subprocess.CompletedProcess:
     """`imgcls train ARGS --out ROOT/run` in a subprocess (offline, own cache), for fixtures that share one run."""
     env = {**os.environ, "IMGCLS_OFFLINE": "1", "IMGCLS_CACHE": str(root / "cache")}

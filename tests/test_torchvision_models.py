@@ -72,16 +72,8 @@ def test_a_torchvision_model_trains_from_scratch_when_auto_finds_no_weights(mode
     assert ckpt["model"] == model and ckpt["mean"] != list(IMAGENET_MEAN)
 
 
-def test_pretrained_on_starts_from_the_cached_imagenet_weights_with_a_new_head(capsys, monkeypatch):
+def test_pretrained_on_starts_from_the_cached_imagenet_weights_with_a_new_head(capsys, monkeypatch, weights_at_start):
     imagenet = cache_imagenet_file("tv:resnet18")
-    started = {}
-
-    class Recording(engine_module.Trainer):
-        def train_epoch(self):
-            started.setdefault("weights", {k: v.clone() for k, v in self.model.state_dict().items()})
-            super().train_epoch()
-
-    monkeypatch.setattr(engine_module, "Trainer", Recording)
     code, out, err = run_cli(
         capsys, "train", "--data", rgb_folder(), "--model", "tv:resnet18", "--pretrained", "on", *QUICK, "--lr", "0.001", "--out", "run"
     )  # a fine-tuning lr
@@ -90,8 +82,8 @@ def test_pretrained_on_starts_from_the_cached_imagenet_weights_with_a_new_head(c
     path = cache_path(default_weights("tv:resnet18"))
     assert f"weights from {path}: 120 tensors loaded, 2 skipped (shape or name differ), 2 new (fc.weight, fc.bias)" in out
     body = [k for k in imagenet if not k.startswith("fc.")]
-    assert all(torch.equal(started["weights"][k], imagenet[k]) for k in body)
-    assert started["weights"]["fc.weight"].shape == (2, 512)
+    assert all(torch.equal(weights_at_start["weights"][k], imagenet[k]) for k in body)
+    assert weights_at_start["weights"]["fc.weight"].shape == (2, 512)
     ckpt = checkpoint.load(Path("run"))
     assert (ckpt["mean"], ckpt["std"]) == (list(IMAGENET_MEAN), list(IMAGENET_STD))
     assert json.loads(Path("run/config.json").read_text())["pretrained"] == "on"

@@ -9,7 +9,6 @@ import torch
 
 from conftest import make_folder, one_line_error, run_cli, save_checkpoint
 from imgcls import checkpoint
-from imgcls import engine as engine_module
 from imgcls.config import TrainConfig
 from imgcls.engine import Interrupted, resume, train
 from imgcls.errors import ImgclsError
@@ -27,15 +26,7 @@ def source_run(capsys):
     return Path("source")
 
 
-def test_a_run_with_other_classes_gives_its_body_and_the_new_run_a_new_head(source_run, capsys, monkeypatch):
-    started = {}
-
-    class Recording(engine_module.Trainer):
-        def train_epoch(self):
-            started.setdefault("weights", {k: v.clone() for k, v in self.model.state_dict().items()})
-            super().train_epoch()
-
-    monkeypatch.setattr(engine_module, "Trainer", Recording)
+def test_a_run_with_other_classes_gives_its_body_and_the_new_run_a_new_head(source_run, capsys, weights_at_start):
     three = make_folder(Path("three"), classes=("ant", "bee", "cow"))
     code, out, err = run_cli(capsys, "train", "--data", three, *QUICK, "--weights", source_run, "--out", "target")
     assert code == 0, err
@@ -45,8 +36,8 @@ def test_a_run_with_other_classes_gives_its_body_and_the_new_run_a_new_head(sour
     )
     source = checkpoint.load(source_run)["state_dict"]
     for name in ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc1.weight", "fc1.bias"):
-        assert torch.equal(started["weights"][name], source[name]), name
-    assert started["weights"]["head.weight"].shape == (3, 128) and source["head.weight"].shape == (2, 128)
+        assert torch.equal(weights_at_start["weights"][name], source[name]), name
+    assert weights_at_start["weights"]["head.weight"].shape == (3, 128) and source["head.weight"].shape == (2, 128)
     assert json.loads(Path("target/config.json").read_text())["weights"] == str(source_run.resolve())
 
 
