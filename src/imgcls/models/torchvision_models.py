@@ -89,7 +89,8 @@ def pretrained_weights(model: str | None, pretrained: str, weights_file: str | N
     try:
         if not path.is_file() and offline():
             raise OSError("IMGCLS_OFFLINE is set, so nothing is downloaded")
-        state_dict = torch.hub.load_state_dict_from_url(weights.url, progress=sys.stderr.isatty())
+        # weights_only, as every file imgcls reads: torch.hub's default would unpickle whatever the file holds.
+        state_dict = torch.hub.load_state_dict_from_url(weights.url, map_location="cpu", progress=sys.stderr.isatty(), weights_only=True)
     except Exception as e:  # noqa: BLE001 - no network, a refused download or a damaged file all mean: no weights
         problem = (
             f"--pretrained {pretrained}: no ImageNet weights for {base_name(model)} ({weights.url} -> {path}: {str(e).splitlines()[0] or type(e).__name__}); "
