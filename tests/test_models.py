@@ -33,12 +33,27 @@ def test_logits_have_no_activation():
     assert isinstance(list(model.children())[-1], nn.Linear)
 
 
-def test_resnet18_uses_a_small_image_stem():
-    model = create_model("resnet18", (3, 32, 32), 10)
-    assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
-    assert isinstance(model.maxpool, nn.Identity)
+def test_resnet18_uses_a_small_image_stem_up_to_64_px():
+    for shape in ((3, 32, 32), (3, 64, 64)):
+        model = create_model("resnet18", shape, 10)
+        assert model.conv1.kernel_size == (3, 3) and model.conv1.stride == (1, 1)
+        assert isinstance(model.maxpool, nn.Identity)
     assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     assert create_model("resnet18", (1, 28, 28), 10).conv1.in_channels == 1
+
+
+def test_resnet18_keeps_the_imagenet_architecture_for_photos():
+    """Above 64 px: torchvision's own ResNet-18 (7x7/2 stem and max-pool), so that its ImageNet weights fit and a 128 px
+    image costs a 16th of the small-image variant's convolutions."""
+    import torchvision.models as tvm
+
+    model = create_model("resnet18", (3, 128, 128), 5)
+    assert model.conv1.kernel_size == (7, 7) and model.conv1.stride == (2, 2) and isinstance(model.maxpool, nn.MaxPool2d)
+    reference = tvm.resnet18(num_classes=5).state_dict()
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in reference.items()}
+    grey = create_model("resnet18", (1, 96, 80), 5)
+    assert grey.conv1.in_channels == 1 and grey.conv1.stride == (2, 2)
+    assert grey(torch.zeros(2, 1, 96, 80)).shape == (2, 5)
 
 
 def test_lenet5_matches_the_cifar_tutorial():

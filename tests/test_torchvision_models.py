@@ -15,7 +15,8 @@ from imgcls.config import TrainConfig
 from imgcls.engine import resume, train
 from imgcls.errors import ImgclsError
 from imgcls.models import MODELS, create_model, get_model_info
-from imgcls.models.torchvision_models import IMAGENET_MEAN, IMAGENET_STD, cache_path, default_weights, pretrained_weights
+from imgcls.models.pretrained import pretrained_weights
+from imgcls.models.torchvision_models import IMAGENET_MEAN, IMAGENET_STD, cache_path, default_weights
 
 QUICK = ["--epochs", "1", "--batch-size", "8", "--device", "cpu"]
 
@@ -165,8 +166,8 @@ def test_a_failed_download_is_one_line_in_auto_and_an_error_in_on(monkeypatch, c
 
     monkeypatch.setenv("IMGCLS_OFFLINE", "0")
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
-    assert pretrained_weights("efficientnet_b0", "auto", None) == (None, "off")
+    assert pretrained_weights("efficientnet_b0", (3, 64, 64), "auto", None) == (None, "off")
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "no network" in err and str(cache_path(default_weights("efficientnet_b0"))) in err
     with pytest.raises(ImgclsError, match="no network.*put the file at that path, or use --pretrained auto"):
-        pretrained_weights("efficientnet_b0", "on", None)
+        pretrained_weights("efficientnet_b0", (3, 64, 64), "on", None)

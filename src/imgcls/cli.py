@@ -21,7 +21,8 @@ def _add_setup(p) -> None:
     p.add_argument(
         "--model",
         metavar="NAME",
-        help="a built-in or torchvision model (resnet50, tv:resnet18; see `imgcls models`) [recipe: digitnet for digits, speednet otherwise]",
+        help="a built-in, torchvision or timm model (resnet50, tv:resnet18, timm:convnext_nano; see `imgcls models`) "
+        "[recipe: digitnet for digits, speednet for small images; photos: resnet18 when its ImageNet weights can be had, else speednet]",
     )
     p.add_argument("--batch-size", metavar="N", type=int, help="images per step [recipe: digits 128, small images 512, large 64]")
     p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="sgd is SGD with Nesterov momentum 0.9 [recipe: sgd]")
@@ -34,13 +35,29 @@ def _add_setup(p) -> None:
         "--image-size",
         metavar="PX",
         type=int,
-        help="resize folder images to this square size [their own size if all share one up to 256 px, else 128]",
+        help="resize folder images to this square size [their own size if all share one up to 256 px, else 128 on a CPU, 224 on a GPU]",
+    )
+    p.add_argument("--weights", metavar="PATH", help="initial weights: a run folder or a .pt/.pth/.safetensors state dict")
+    p.add_argument(
+        "--pretrained",
+        choices=["auto", "on", "off"],
+        help="the model's ImageNet weights (torchvision: $TORCH_HOME/hub/checkpoints, timm: the Hugging Face cache): "
+        "auto uses them when cached or downloadable [auto]",
+    )
+    p.add_argument(
+        "--lr-mult", metavar="M", type=float, help="starting from weights: the first layers learn at lr/M, rising to lr at the head [100]"
     )
     p.add_argument("--dropout", metavar="P", type=float, help="dropout probability (mlp)")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="random augmentation of training batches [on]")
     p.add_argument("--crop-padding", metavar="PX", type=int, help="random shifts of up to this many pixels [recipe]")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, help="random horizontal flips [on, off for digits and greyscale]")
     p.add_argument("--rotate", metavar="DEG", type=float, help="random rotation range in degrees [recipe: accurate digits 5, else 0]")
+    p.add_argument(
+        "--crop-scale",
+        metavar="F",
+        type=float,
+        help="random resized crops of at least this part of the area [recipe: fine-tuned photos 0.35, else 1: none]",
+    )
     p.add_argument(
         "--precision", choices=["auto", "fp32", "bf16", "fp16"],
         help="autocast dtype [auto: bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX), fp16 on older GPUs, else fp32]",
@@ -70,11 +87,11 @@ def _add_train(sub) -> None:
         "--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (pays off on GPUs for long runs) [off]"
     )
     p.add_argument("--out", metavar="DIR", help="run folder [runs/<dataset>-<model>-<n>]")
-    p.add_argument("--weights", metavar="PATH", help="initial weights: a run folder or a .pt/.pth/.safetensors state dict")
     p.add_argument(
-        "--pretrained",
-        choices=["auto", "on", "off"],
-        help="a torchvision model's ImageNet weights ($TORCH_HOME/hub/checkpoints): auto uses them when cached or downloadable [auto]",
+        "--freeze-epochs",
+        metavar="N",
+        type=int,
+        help="starting from weights: epochs of the head alone on the frozen backbone's cached features, before --epochs of everything [5]",
     )
     p.add_argument(
         "--resume", metavar="RUN", help="continue a run (its folder or last.pt) with its saved settings; --device and --data-dir may change"
@@ -211,9 +228,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 SETUP_KEYS = [
     "data", "data_dir", "recipe", "model", "batch_size", "optimizer", "weight_decay", "label_smoothing", "seed", "device",
-    "val_fraction", "image_size", "dropout", "augment", "crop_padding", "flip", "rotate", "precision",
+    "val_fraction", "image_size", "dropout", "augment", "crop_padding", "flip", "rotate", "crop_scale", "precision", "weights", "pretrained",
+    "lr_mult",
 ]  # fmt: skip
-TRAIN_KEYS = [*SETUP_KEYS, "epochs", "lr", "schedule", "patience", "tta", "compile", "weights", "pretrained"]
+TRAIN_KEYS = [*SETUP_KEYS, "epochs", "lr", "schedule", "patience", "tta", "compile", "freeze_epochs"]
 
 
 def cmd_train(args) -> int:

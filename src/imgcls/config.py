@@ -9,7 +9,7 @@ from imgcls.data.core import Dataset
 from imgcls.device import pick_device
 from imgcls.errors import ImgclsError
 from imgcls.models import MODELS, check_input, get_model_info, model_options
-from imgcls.recipes import RECIPES, recipe_settings
+from imgcls.recipes import RECIPES, fine_tuning, recipe_settings
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "onecycle", "step", "none")
@@ -35,6 +35,9 @@ LIMITS = {
     "dropout": (float, lambda v: 0 <= v < 1, "in [0, 1)"),
     "crop_padding": (int, lambda v: v >= 0, "zero or more"),
     "rotate": (float, lambda v: 0 <= v <= 180, "between 0 and 180 degrees"),
+    "crop_scale": (float, lambda v: 0 < v <= 1, "in (0, 1]"),
+    "freeze_epochs": (int, lambda v: v >= 0, "zero or more"),
+    "lr_mult": (float, lambda v: 1 <= v < math.inf, "1 or more and finite"),
 }
 
 
@@ -63,11 +66,14 @@ class TrainConfig:
     crop_padding: int | None = None
     flip: bool | None = None
     rotate: float | None = None
+    crop_scale: float | None = None  # random resized crops of at least this part of the image's area; 1 = none
     tta: bool | None = None  # evaluate on each image and its mirror image, averaging the logits
     precision: str = "auto"  # auto: bf16 autocast on GPUs and on CPUs with native bf16, else fp32
     compile: bool = False  # torch.compile the model for training
     weights: str | None = None  # initial weights (imgcls.models.weights): a run folder, checkpoint or state dict file
-    pretrained: str = "auto"  # ImageNet weights of a torchvision model; a run's config.json holds the outcome, on or off
+    pretrained: str = "auto"  # the model's ImageNet weights (torchvision, timm); a run's config.json holds the outcome, on or off
+    freeze_epochs: int | None = None  # starting from weights: epochs of the head alone (backbone frozen) before the rest
+    lr_mult: float | None = None  # starting from weights: the first layers learn at lr / lr_mult, the head at lr
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,7 +86,9 @@ class TrainConfig:
     def augmentation(self) -> Augment:
         if not self.augment:
             return Augment()
-        return Augment(crop_padding=self.crop_padding or 0, flip=bool(self.flip), rotate=self.rotate or 0.0)
+        return Augment(
+            crop_padding=self.crop_padding or 0, flip=bool(self.flip), rotate=self.rotate or 0.0, crop_scale=self.crop_scale or 1.0
+        )
 
     def model_options(self) -> dict:
         return {} if self.dropout is None else {"dropout": self.dropout}
@@ -126,11 +134,13 @@ def fill_defaults(cfg: TrainConfig, data: Dataset) -> TrainConfig:
     own_optimizer = cfg.optimizer is not None and cfg.optimizer != recipe["optimizer"]
     if own_optimizer:
         recipe.update(lr=DEFAULT_LR[cfg.optimizer], weight_decay=DEFAULT_WEIGHT_DECAY[cfg.optimizer])
-    elif cfg.model is not None and cfg.model != recipe["model"]:
-        recipe.update(lr=DEFAULT_LR[recipe["optimizer"]])
+    elif cfg.model is not None and cfg.model != recipe["model"] and not fine_tuning(values):
+        recipe.update(lr=DEFAULT_LR[recipe["optimizer"]])  # fine-tuning's lr suits any pretrained model
     for key, value in recipe.items():
         if values[key] is None:
             values[key] = value
+    if not fine_tuning(values):
+        values.update(freeze_epochs=0, lr_mult=1.0)  # fine-tuning settings mean nothing without weights to start from
     filled = TrainConfig.from_dict(values)
     check(filled)  # again, now that the model is known
     check_input(filled.model, data.shape)

@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from imgcls import checkpoint
+from imgcls import checkpoint, finetune
 from imgcls.config import TrainConfig, check, fill_defaults
 from imgcls.data import dataset_name, load_dataset
 from imgcls.data.augment import prepare
@@ -28,14 +28,16 @@ from imgcls.device import amp_dtype, autocast, pick_device, use_channels_last
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import EvalResult, evaluate, write_confusion_csv
 from imgcls.interrupt import STOP_SIGNALS, CtrlC
-from imgcls.models import create_model, get_model_info, num_params
-from imgcls.models.torchvision_models import imagenet_normalised, pretrained_weights
-from imgcls.models.weights import read_state_dict, transfer
+from imgcls.models import check_input, create_model, get_model_info, num_params
+from imgcls.models.pretrained import pretrained_normalised, pretrained_weights
+from imgcls.models.weights import Weights, read_state_dict, transfer
+from imgcls.recipes import backbone
 from imgcls.runs import lock_run, new_run_dir, read_json, read_split, write_json, write_metrics, write_text
 
 SYNC_EVERY = 10  # steps between reading statistics back from the device (and checking for NaN)
 LOG_EVERY = 60.0  # seconds between progress lines when there is no terminal for a progress bar
 DEVICE_DATA_LIMIT = 4 * 2**30  # datasets up to this size live on the GPU for the whole run
+CPU_IMAGE_SIZE, GPU_IMAGE_SIZE = 128, 224  # the side of photo folders without --image-size
 
 
 class Interrupted(Exception):
@@ -61,13 +63,12 @@ class Progress:
     best_epoch: int = 0
     stale_epochs: int = 0
     finished: bool = False
+    frozen_stage: dict | None = None  # what the frozen stage of a fine-tune did, once done (imgcls.finetune)
 
 
-def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
-    # No weight decay on biases and norm weights: decaying them only hurts.
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def make_optimizer(cfg: TrainConfig, model: nn.Module, num_classes: int) -> torch.optim.Optimizer:
+    head = finetune.classifier(model, num_classes)
+    groups = finetune.param_groups(model, head, cfg.lr, cfg.lr_mult or 1.0, cfg.weight_decay)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     if cfg.optimizer == "adam":
@@ -79,7 +80,8 @@ def make_schedule(cfg: TrainConfig, optimizer, steps_per_epoch: int):
     """The LR scheduler and whether it steps per batch (True) or per epoch (False)."""
     total = cfg.epochs * steps_per_epoch
     if cfg.schedule == "onecycle" and total >= 4:  # fewer steps leave OneCycle's warm-up phase empty
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total, pct_start=max(0.25, 2 / total)), True
+        peaks = [group["lr"] for group in optimizer.param_groups]  # discriminative lrs: each group's own peak
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total, pct_start=max(0.25, 2 / total)), True
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total), True
     if cfg.schedule == "step":
@@ -106,7 +108,7 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         # The compiled module shares parameters with self.model, which stays the one saved and evaluated.
         self.forward = torch.compile(self.model) if cfg.compile else self.model
-        self.optimizer = make_optimizer(cfg, self.model)
+        self.optimizer = make_optimizer(cfg, self.model, data.num_classes)
         self.steps_per_epoch = batches_per_epoch(len(data.train), cfg.batch_size)
         self.scheduler, self.schedule_per_step = make_schedule(cfg, self.optimizer, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
@@ -239,6 +241,15 @@ class Trainer:
                     raise Interrupted(self.run_dir, self.stop_signal)
         p.seconds = time.perf_counter() - start
 
+    def frozen_stage(self) -> None:
+        """Fine-tuning's first stage: the head alone, on the frozen backbone's cached features (imgcls.finetune)."""
+        stage = finetune.train_head(self)
+        if stage is None:
+            self.save_last()  # the initial weights: a resumed run starts the frozen stage over from them
+            raise Interrupted(self.run_dir, self.stop_signal)
+        self.progress.frozen_stage = stage
+        print(finetune.describe(stage), flush=True)
+
     def _non_finite(self):
         last = self.run_dir / "last.pt"
         kept = f"{last} keeps the last good state (epoch {self.progress.epoch})" if last.exists() else "no checkpoint was written yet"
@@ -280,6 +291,8 @@ class Trainer:
     def fit(self) -> dict:
         """Train to the end (or early stop), then test the best checkpoint once. Returns the summary."""
         with CtrlC(on_press=self.request_stop, signals=STOP_SIGNALS):
+            if self.cfg.freeze_epochs and self.progress.frozen_stage is None:
+                self.frozen_stage()
             while not self.progress.finished:
                 self.train_epoch()
                 row = self.end_epoch()
@@ -315,6 +328,7 @@ class Trainer:
             "device": str(self.device),
             "per_class_accuracy": test.per_class_accuracy(self.data.classes),
             "skipped_files": len(self.data.skipped),
+            "frozen_stage": p.frozen_stage,
         }
         write_json(self.run_dir / "summary.json", summary)
         from imgcls.report import write_report  # matplotlib loads only now, after training
@@ -373,9 +387,37 @@ def _describe(cfg: TrainConfig, data: Dataset, trainer: Trainer) -> str:
 
 
 def load_run_data(cfg: TrainConfig, split_files=None) -> Dataset:
+    # Folders of photos without --image-size: ImageNet's 224 on a GPU; 128 on a CPU, where 224 costs 3x the time per
+    # image (bench/RESULTS.md). The side chosen goes into config.json, so resume and evaluate decode the same.
+    default_size = GPU_IMAGE_SIZE if pick_device(cfg.device).type == "cuda" else CPU_IMAGE_SIZE
     return load_dataset(
-        cfg.data, data_dir=cfg.data_dir, seed=cfg.seed, val_fraction=cfg.val_fraction, image_size=cfg.image_size, split_files=split_files
-    )
+        cfg.data, data_dir=cfg.data_dir, seed=cfg.seed, val_fraction=cfg.val_fraction, image_size=cfg.image_size, split_files=split_files,
+        default_size=default_size,
+    )  # fmt: skip
+
+
+def setup(cfg: TrainConfig) -> tuple[TrainConfig, Dataset, Weights | None]:
+    """What `train` and `lr-find` start from: the data, the config filled in for it, and the initial weights
+    (--weights, or the model's pretrained ones). Without --model, a run from an imgcls run's weights uses that run's
+    model, and photos get the recipe's pretrained backbone when its weights can be had."""
+    check(cfg)
+    initial = read_state_dict(cfg.weights) if cfg.weights else None  # a bad file fails before the data loads
+    data = load_run_data(cfg)
+    model = cfg.model or (initial.model if initial else None)
+    if model:
+        check_input(model, data.shape)  # before any download
+    pretrained, state = pretrained_weights(model or backbone(data), data.shape, cfg.pretrained, cfg.weights)
+    model = model or (pretrained.model if pretrained else None)
+    cfg = replace(cfg, model=model, pretrained=state, image_size=cfg.image_size or data.resized_to)
+    cfg = fill_defaults(findable(cfg), data)
+    return cfg, pretrained_normalised(data, cfg.model, cfg.pretrained), initial or pretrained
+
+
+def _initial_weights(cfg: TrainConfig, data: Dataset) -> Weights | None:
+    """A filled-in config's initial weights again (a run that saved no training state starts over from them)."""
+    if cfg.weights:
+        return read_state_dict(cfg.weights)
+    return pretrained_weights(cfg.model, data.shape, "on", None)[0] if cfg.pretrained == "on" else None
 
 
 def _record_data(data: Dataset, run_dir: Path) -> None:
@@ -404,13 +446,7 @@ def _fit(trainer: Trainer) -> dict:
 
 def train(cfg: TrainConfig, out: str | None = None, on_step=None, loggers=()) -> tuple[Path, dict]:
     """A new run: load data, fill defaults, write the run folder, train, test."""
-    check(cfg)
-    initial = read_state_dict(cfg.weights) if cfg.weights else None  # a bad file fails before the data loads
-    imagenet, pretrained = pretrained_weights(cfg.model, cfg.pretrained, cfg.weights)
-    data = load_run_data(cfg)
-    cfg = fill_defaults(findable(replace(cfg, pretrained=pretrained)), data)
-    data = imagenet_normalised(data, cfg.pretrained)
-    initial = initial or imagenet
+    cfg, data, initial = setup(cfg)
     run_dir = new_run_dir(dataset_name(cfg.data), cfg.model, out)
     with lock_run(run_dir):
         trainer = Trainer(cfg, data, run_dir, on_step=on_step, loggers=loggers)
@@ -450,12 +486,16 @@ def resume(run: str | Path, device: str | None = None, data_dir: str | None = No
                 raise ImgclsError(f"{ckpt['path']} holds weights only (no training state): resume from the run folder or its last.pt")
             saved = ckpt["config"]
         cfg = _on_this_machine(TrainConfig.from_dict(saved), run_dir, device, data_dir)
-        data = imagenet_normalised(load_run_data(cfg, split_files=read_split(run_dir)), cfg.pretrained)
+        data = pretrained_normalised(load_run_data(cfg, split_files=read_split(run_dir)), cfg.model, cfg.pretrained)
         if ckpt is not None and (list(data.classes) != ckpt["classes"] or list(data.shape) != ckpt["in_shape"]):
             raise ImgclsError(f"the data of {run_dir} changed since it was trained (classes or image size differ): start a new run")
         trainer = Trainer(cfg, data, run_dir, on_step=on_step, loggers=loggers)
         if ckpt is not None:
             trainer.load_last(ckpt)
+        else:
+            initial = _initial_weights(cfg, data)
+            if initial:
+                transfer(trainer.model, initial, cfg.model)
         p = trainer.progress
         if ckpt is None:
             where = "no training state was saved, starting the run over"

@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from imgcls.config import TrainConfig, check, fill_defaults
+from imgcls.config import TrainConfig
 from imgcls.data import dataset_name
 from imgcls.data.core import Dataset
-from imgcls.engine import Trainer, findable, load_run_data
+from imgcls.engine import Trainer, setup
 from imgcls.errors import ImgclsError
+from imgcls.models.weights import Weights, transfer
 from imgcls.runs import lock_run, new_run_dir, write_json, write_rows
 
 BETA = 0.98  # smoothing of the loss, as fastai's Recorder
@@ -26,7 +27,7 @@ DIVERGED = 4.0  # stop once the smoothed loss exceeds this many times its best, 
 SKIP_END = 5  # points left out of the suggestion at the end, where the loss starts to climb (fastai)
 COLUMNS = ["step", "lr", "loss", "smoothed_loss"]
 # Settings of a training run that a probe of the lr does not use, so they stay out of lr_find.json.
-UNUSED = ("lr", "epochs", "schedule", "patience", "tta", "compile")
+UNUSED = ("lr", "epochs", "schedule", "patience", "tta", "compile", "freeze_epochs")
 
 
 @dataclass
@@ -65,19 +66,31 @@ def suggest(rows: list[dict], steps: int) -> tuple[float, float]:
     return lrs[slopes.argmin()].item(), lrs[losses.argmin()].item() / 10
 
 
-def probe(cfg: TrainConfig, data: Dataset, run_dir: Path, steps: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0) -> LrFind:
-    """Train a fresh model of the filled-in cfg for up to `steps` steps with the lr growing from start_lr to end_lr."""
+def probe(
+    cfg: TrainConfig,
+    data: Dataset,
+    run_dir: Path,
+    steps: int = 100,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    initial: Weights | None = None,
+) -> LrFind:
+    """Train a model of the filled-in cfg (fresh, or from `initial` weights) for up to `steps` steps with the lr growing from
+    start_lr to end_lr. Discriminative lrs (--lr-mult) keep their ratios to the lr probed."""
     check_range(steps, start_lr, end_lr)
     trainer = Trainer(cfg, data, run_dir)
+    if initial:
+        transfer(trainer.model, initial, cfg.model)
     trainer.model.train()
+    ratios = [group["lr"] / cfg.lr for group in trainer.optimizer.param_groups]
     batches = itertools.chain.from_iterable(trainer.batches(epoch) for epoch in itertools.count())
     rows, average, best, diverged = [], 0.0, math.inf, False
     start = time.perf_counter()
     with tqdm(total=steps, desc="lr-find", unit="batch", leave=False, disable=None, file=sys.stderr, dynamic_ncols=True) as bar:
         for step, idx in zip(range(steps), batches):
             lr = lr_at(step, steps, start_lr, end_lr)
-            for group in trainer.optimizer.param_groups:
-                group["lr"] = lr
+            for group, ratio in zip(trainer.optimizer.param_groups, ratios):
+                group["lr"] = lr * ratio
             loss = trainer.train_step(idx)[2].item()
             average = BETA * average + (1 - BETA) * loss
             smoothed = average / (1 - BETA ** (step + 1))  # bias correction: early averages are not pulled towards 0
@@ -97,17 +110,15 @@ def lr_find(
 ) -> tuple[Path, LrFind, TrainConfig]:
     """Probe the data and model of a training config; write lr_find.csv, .json and .png into runs/<dataset>-<model>-lr-find-<n>
     (or `out`). Returns the folder, the result and the config filled in as `imgcls train` would."""
-    check(cfg)
     check_range(steps, start_lr, end_lr)
-    data = load_run_data(cfg)
-    cfg = fill_defaults(findable(cfg), data)
+    cfg, data, initial = setup(cfg)
     run_dir = new_run_dir(dataset_name(cfg.data), f"{cfg.model}-lr-find", out)
     with lock_run(run_dir):
         print(
             f"lr-find {run_dir}: {cfg.model} on {data.name}, {cfg.optimizer} batch {cfg.batch_size}, lr {start_lr:g} to {end_lr:g}",
             flush=True,
         )
-        result = probe(cfg, data, run_dir, steps, start_lr, end_lr)
+        result = probe(cfg, data, run_dir, steps, start_lr, end_lr, initial)
         write_rows(run_dir / "lr_find.csv", COLUMNS, result.rows)
         write_json(run_dir / "lr_find.json", {
             "suggested_lr": result.steepest, "suggestion": "steepest descent", "minimum_lr_div10": result.minimum,

@@ -14,6 +14,7 @@ from imgcls.data.core import Dataset
 from imgcls.errors import ImgclsError
 
 MAX_EPOCHS = 100
+PRETRAINED_BACKBONE = "resnet18"  # what photos are fine-tuned from when its ImageNet weights can be had
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,29 @@ def epochs_for(images: int, train_size: int, least: int = 1) -> int:
     return max(least, min(MAX_EPOCHS, round(images / max(train_size, 1))))
 
 
+def backbone(data: Dataset) -> str | None:
+    """The model a recipe fine-tunes on this data when its pretrained weights can be had: photos only."""
+    return PRETRAINED_BACKBONE if data_kind(data) == "large" else None
+
+
+def fine_tuning(given: dict) -> bool:
+    return bool(given.get("weights")) or given.get("pretrained") == "on"
+
+
+def _from_scratch(settings: dict) -> dict:
+    return {**settings, "crop_scale": 1.0, "freeze_epochs": 0, "lr_mult": 1.0}
+
+
+def _fine_tune(data: Dataset, given: dict, settings: dict) -> dict:
+    """Starting from weights (--pretrained, --weights), as fastai's fine_tune: the head alone for a few epochs (cheap here: on
+    cached features), then everything, the first layers at lr / lr_mult, AdamW one-cycle. Photos get random resized crops."""
+    settings = {**settings, "optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01, "label_smoothing": 0.1, "batch_size": 64,
+                "epochs": epochs_for(6_000, len(data.train), 3), "freeze_epochs": 5, "lr_mult": 100.0, "crop_scale": 1.0}  # fmt: skip
+    if data_kind(data) == "large":
+        settings.update(model=PRETRAINED_BACKBONE, crop_padding=0, crop_scale=0.35)
+    return settings
+
+
 @register_recipe("fast", "least time to a good model: digitnet/speednet, SGD-Nesterov one-cycle, short schedules")
 def fast(data: Dataset, given: dict) -> dict:
     kind, n = data_kind(data), len(data.train)
@@ -56,19 +80,21 @@ def fast(data: Dataset, given: dict) -> dict:
         # Shifts pay off once each digit is seen several times (small datasets); in one pass they only slow learning
         # (one epoch of the sample: 67-96% test accuracy over seeds with shifts, 95% without).
         # Label smoothing 0.1 took MNIST to 99% in 60,000-75,000 images instead of 90,000 (0.03-0.1 all did; bench/RESULTS.md).
-        return dict(model="digitnet", epochs=epochs, batch_size=128, optimizer="sgd", lr=0.2, weight_decay=5e-4, schedule="onecycle",
-                    label_smoothing=0.1, crop_padding=2 if epochs >= 4 else 0, flip=flip, rotate=0.0, tta=flip)  # fmt: skip
+        settings = dict(model="digitnet", epochs=epochs, batch_size=128, optimizer="sgd", lr=0.2, weight_decay=5e-4, schedule="onecycle",
+                        label_smoothing=0.1, crop_padding=2 if epochs >= 4 else 0, flip=flip, rotate=0.0, tta=flip)  # fmt: skip
+        return _fine_tune(data, given, settings) if fine_tuning(given) else _from_scratch(settings)
     # 450,000 images are 10 epochs of CIFAR-10: 86% there; 8 epochs stopped just short of 85% (bench/RESULTS.md).
     flip = given.get("flip", True)
-    return dict(model="speednet", epochs=epochs_for(450_000 if kind == "small" else 120_000, n, 4), batch_size=512 if kind == "small" else 64,
-                optimizer="sgd", lr=0.2, weight_decay=5e-4, schedule="onecycle", label_smoothing=0.2,
-                crop_padding=2 if kind == "small" else min(data.shape[1:]) // 16, flip=flip, rotate=0.0, tta=flip)  # fmt: skip
+    settings = dict(model="speednet", epochs=epochs_for(450_000 if kind == "small" else 120_000, n, 4), batch_size=512 if kind == "small" else 64,
+                    optimizer="sgd", lr=0.2, weight_decay=5e-4, schedule="onecycle", label_smoothing=0.2,
+                    crop_padding=2 if kind == "small" else min(data.shape[1:]) // 16, flip=flip, rotate=0.0, tta=flip)  # fmt: skip
+    return _fine_tune(data, given, settings) if fine_tuning(given) else _from_scratch(settings)
 
 
 @register_recipe("accurate", "the last fraction of a percent: about 10x (digits) or 3x (others) longer, with more augmentation")
 def accurate(data: Dataset, given: dict) -> dict:
     settings = fast(data, given)
-    if data_kind(data) == "digits":
+    if data_kind(data) == "digits" and not fine_tuning(given):
         epochs = given.get("epochs") or epochs_for(600_000, len(data.train))
         shifts = epochs >= 4  # as in fast: augmentation only pays off over several passes
         settings.update(epochs=epochs, lr=0.1, crop_padding=2 if shifts else 0, rotate=5.0 if shifts else 0.0)

@@ -32,6 +32,7 @@ class Dataset:
     flips_ok: bool = True  # False for digits: a mirrored 2 is not a 2
     skipped: list[str] = field(default_factory=list)  # unreadable files, "path: reason"
     split_files: dict[str, list[str]] | None = None  # folder datasets: which file went where
+    resized_to: int | None = None  # folder datasets: the square side they were resized to for want of --image-size
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -26,9 +26,9 @@ from imgcls.paths import cache_dir
 SPLITS = ("train", "val", "test")
 FLAT_FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
 TEST_FRACTION = 0.2  # held out of train/ when a split folder has no test/
-DEFAULT_SIZE = 128  # square side for folders of mixed or large image sizes
+DEFAULT_SIZE = 128  # square side for folders of mixed or large image sizes (on a CPU; training passes its own)
 MAX_NATIVE_SIZE = 256  # folders of one size up to this are kept at their own size
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: records the size a folder was resized to by default
 CHUNK = 256  # files per thread-pool task
 
 
@@ -202,20 +202,20 @@ def _read_chunk(root: Path, channels: int, size: tuple[int, int], rels: list[str
     return pixels, failures
 
 
-def _target_size(root: Path, sizes: Counter, image_size: int | None) -> tuple[int, int]:
+def _target_size(root: Path, sizes: Counter, image_size: int | None, default_size: int) -> tuple[int, int]:
     """--image-size if given; else the images' own size when they all share one small enough to hold
-    in memory; else DEFAULT_SIZE square (a folder of phone photos would need gigabytes at full size)."""
+    in memory; else default_size square (a folder of phone photos would need gigabytes at full size)."""
     if image_size is not None:
         return image_size, image_size
     if len(sizes) == 1 and max(next(iter(sizes))) <= MAX_NATIVE_SIZE:
         return next(iter(sizes))
     h, w = sizes.most_common(1)[0][0]
     why = f"have {len(sizes)} different sizes" if len(sizes) > 1 else f"are {w}x{h}, large to hold in memory"
-    print(f"images in {root} {why}: resizing to {DEFAULT_SIZE}x{DEFAULT_SIZE} (set --image-size)", file=sys.stderr)
-    return DEFAULT_SIZE, DEFAULT_SIZE
+    print(f"images in {root} {why}: resizing to {default_size}x{default_size} (set --image-size)", file=sys.stderr)
+    return default_size, default_size
 
 
-def decode(root: Path, rels: list[str], channels: int | None, image_size: int | None) -> dict:
+def decode(root: Path, rels: list[str], channels: int | None, image_size: int | None, default_size: int = DEFAULT_SIZE) -> dict:
     """Decode files into one uint8 tensor; unreadable ones are listed in 'skipped' instead.
 
     A header pass first (mode and size, no pixels) decides the channel count and the common size."""
@@ -226,7 +226,7 @@ def decode(root: Path, rels: list[str], channels: int | None, image_size: int | 
         raise ImgclsError(f"no readable images in {root} ({len(skipped)} files could not be opened, e.g. {skipped[0]})")
     if channels is None:
         channels = 1 if all(is_grey(mode) for _, (mode, _) in good) else 3
-    size = _target_size(root, Counter(s for _, (_, s) in good), image_size)
+    size = _target_size(root, Counter(s for _, (_, s) in good), image_size, default_size)
     names = [rel for rel, _ in good]
     chunks = _map_chunks(partial(_read_chunk, root, channels, size), names, "decoding")
     images = torch.from_numpy(np.concatenate([pixels for pixels, _ in chunks]))
@@ -235,17 +235,23 @@ def decode(root: Path, rels: list[str], channels: int | None, image_size: int | 
     skipped += [f"{names[i]}: {failure}" for i, failure in enumerate(failures) if failure is not None]
     if not ok:
         raise ImgclsError(f"no readable images in {root} ({len(skipped)} files could not be decoded, e.g. {skipped[0]})")
-    return {"images": images[ok] if len(ok) < len(names) else images, "files": [names[i] for i in ok], "skipped": skipped}
+    resized = size[0] if image_size is None and size == (default_size, default_size) else None
+    return {
+        "images": images[ok] if len(ok) < len(names) else images,
+        "files": [names[i] for i in ok],
+        "skipped": skipped,
+        "resized_to": resized,
+    }
 
 
-def decode_cached(root: Path, rels: list[str], key: str, channels: int | None, image_size: int | None) -> dict:
+def decode_cached(root: Path, rels: list[str], key: str, channels: int | None, image_size: int | None, default_size: int) -> dict:
     path = cache_dir() / f"{key}.pt"
     if path.exists():
         try:
             return torch.load(path, weights_only=True)
         except Exception:  # noqa: BLE001 - a broken cache is rebuilt, never fatal
             path.unlink(missing_ok=True)
-    decoded = decode(root, rels, channels, image_size)
+    decoded = decode(root, rels, channels, image_size, default_size)
     try:
         atomic_save(decoded, path)
     except WriteFailed as e:  # a cache is an optimisation: without it the next run decodes again
@@ -278,11 +284,12 @@ def load_folder(
     channels: int | None = None,
     image_size: int | None = None,
     split_files: dict[str, list[str]] | None = None,
+    default_size: int = DEFAULT_SIZE,
 ) -> Dataset:
     root = root.expanduser()
     classes, entries = scan(root)
-    key = _cache_key(root, entries, channels, image_size)
-    decoded = decode_cached(root, [e.rel for e in entries], key, channels, image_size)
+    key = _cache_key(root, entries, channels, image_size or f"default {default_size}")
+    decoded = decode_cached(root, [e.rel for e in entries], key, channels, image_size, default_size)
     meta = {e.rel: (e.label, e.split) for e in entries}
     files = decoded["files"]
     labels = torch.tensor([meta[rel][0] for rel in files], dtype=torch.long)
@@ -317,4 +324,5 @@ def load_folder(
         flips_ok=images.shape[1] == 3,
         skipped=decoded["skipped"],
         split_files={s: [files[i] for i in index[s].tolist()] for s in SPLITS},
+        resized_to=decoded.get("resized_to"),
     )

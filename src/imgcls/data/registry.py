@@ -55,11 +55,13 @@ def load_dataset(
     channels: int | None = None,
     image_size: int | None = None,
     split_files: dict[str, list[str]] | None = None,
+    default_size: int | None = None,
 ) -> Dataset:
     """Load a named dataset or an image folder into memory, with a validation split.
 
     `channels` and `image_size` make a folder match a trained model; `split_files`
-    replays the split a run saved, so resume and evaluate see the same images.
+    replays the split a run saved, so resume and evaluate see the same images. `default_size` is the side of
+    folders whose images have mixed or large sizes, when image_size is None.
     """
     if spec in DATASETS:
         src = DATASETS[spec].load(resolve_data_dir(data_dir))
@@ -68,8 +70,9 @@ def load_dataset(
     if is_folder_spec(spec):
         from imgcls.data.folder import load_folder
 
+        sizing = {"default_size": default_size} if default_size else {}
         return load_folder(
-            Path(spec), seed=seed, val_fraction=val_fraction, channels=channels, image_size=image_size, split_files=split_files
+            Path(spec), seed=seed, val_fraction=val_fraction, channels=channels, image_size=image_size, split_files=split_files, **sizing
         )
     raise ImgclsError(f"unknown dataset '{spec}': choose one of {', '.join(DATASETS)} (see `imgcls datasets`) or pass an image folder path")
 

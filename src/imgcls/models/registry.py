@@ -20,31 +20,33 @@ class ModelInfo:
     convolutional: bool = True  # channels_last only helps convolutions
     channels: int | None = None  # the one channel count it takes, for models built for RGB only
     size: int | None = None  # the one image side it takes (torchvision's ViTs)
+    pretrained: Callable[[tuple[int, int, int]], object] | None = None  # in_shape -> its pretrained.Source, or None
 
 
 MODELS: dict[str, ModelInfo] = {}
+# Families of models found by name beyond the built-ins (torchvision's, timm's): name -> ModelInfo or None.
+RESOLVERS: list[Callable[[str], ModelInfo | None]] = []
 
 
-def register_model(name: str, description: str, min_size: int = 1, convolutional: bool = True):
+def register_model(name: str, description: str, min_size: int = 1, convolutional: bool = True, pretrained=None):
     def wrap(fn: Builder) -> Builder:
-        MODELS[name] = ModelInfo(name, description, fn, min_size, convolutional)
+        MODELS[name] = ModelInfo(name, description, fn, min_size, convolutional, pretrained=pretrained)
         return fn
 
     return wrap
 
 
 def get_model_info(name: str) -> ModelInfo:
-    """A built-in model, else torchvision's classification model of that name (`tv:NAME` always means torchvision's)."""
+    """A built-in model, else the first family (RESOLVERS) that has a model of that name."""
     if name in MODELS:
         return MODELS[name]
-    from imgcls.models.torchvision_models import model_info  # imports torchvision: only for names that are not built-ins
-
-    info = model_info(name)
-    if info is None:
-        raise ImgclsError(
-            f"unknown model '{name}': choose one of {', '.join(MODELS)} or a torchvision classification model (see `imgcls models --all`)"
-        )
-    return info
+    for resolve in RESOLVERS:
+        info = resolve(name)
+        if info is not None:
+            return info
+    raise ImgclsError(
+        f"unknown model '{name}': choose one of {', '.join(MODELS)}, a torchvision classification model or timm:NAME (see `imgcls models --all`)"
+    )
 
 
 def check_input(name: str, in_shape: tuple[int, int, int]) -> None:

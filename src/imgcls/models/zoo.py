@@ -1,4 +1,4 @@
-"""The built-in models: the tutorials' MLP, small CNN and LeNet-5, and a ResNet-18 for small images."""
+"""The built-in models: the tutorials' MLP, small CNN and LeNet-5, and a ResNet-18 for small images and photos."""
 
 import math
 from collections import OrderedDict
@@ -6,6 +6,9 @@ from collections import OrderedDict
 import torch.nn as nn
 
 from imgcls.models.registry import register_model
+from imgcls.models.torchvision_models import imagenet_source
+
+SMALL_SIDE = 64  # up to this image side, ResNet-18 keeps the resolution of its first blocks (small-image variant)
 
 
 def _conv_out(size: int, kernel: int) -> int:
@@ -50,13 +53,24 @@ def lenet5(in_shape, num_classes) -> nn.Module:
     ]))  # fmt: skip
 
 
-@register_model("resnet18", "ResNet-18 for small images: 3x3 stem, no initial max-pool, batch norm (11.2M params)")
+def _resnet18_weights(in_shape):
+    """torchvision's ImageNet weights fit the ImageNet architecture only: above SMALL_SIDE px, on colour images."""
+    return imagenet_source("resnet18") if in_shape[0] == 3 and min(in_shape[1:]) > SMALL_SIDE else None
+
+
+@register_model(
+    "resnet18",
+    f"ResNet-18 (11.2M params): torchvision's ImageNet architecture above {SMALL_SIDE} px; up to {SMALL_SIDE} px the small-image variant (3x3 stem, no max-pool)",
+    pretrained=_resnet18_weights,
+)
 def resnet18(in_shape, num_classes) -> nn.Module:
-    # torchvision's ResNet-18 with the CIFAR-style stem: a 7x7/2 conv and a max-pool would
-    # shrink a 32x32 image to 8x8 before the first block.
     from torchvision.models import resnet18 as tv_resnet18  # imported on use: torchvision adds seconds to start-up
 
     model = tv_resnet18(weights=None, num_classes=num_classes)
-    model.conv1 = nn.Conv2d(in_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
-    model.maxpool = nn.Identity()
+    if min(in_shape[1:]) <= SMALL_SIDE:
+        # The CIFAR-style stem: a 7x7/2 conv and a max-pool would shrink a 32x32 image to 8x8 before the first block.
+        model.conv1 = nn.Conv2d(in_shape[0], 64, kernel_size=3, stride=1, padding=1, bias=False)
+        model.maxpool = nn.Identity()
+    elif in_shape[0] != 3:
+        model.conv1 = nn.Conv2d(in_shape[0], 64, kernel_size=7, stride=2, padding=3, bias=False)
     return model
