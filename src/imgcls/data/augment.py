@@ -11,20 +11,24 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from imgcls.errors import ImgclsError
+
 
 @dataclass(frozen=True)
 class Augment:
     crop_padding: int = 0  # random crop of the zero-padded image, i.e. shifts of up to this many pixels
     flip: bool = False  # horizontal flip with probability 1/2
     rotate: float = 0.0  # uniform rotation in [-rotate, +rotate] degrees
+    crop_scale: float = 1.0  # smallest area fraction of a random resized crop; 1.0 = off
 
     @property
     def active(self) -> bool:
-        return self.crop_padding > 0 or self.flip or self.rotate > 0
+        return self.crop_padding > 0 or self.flip or self.rotate > 0 or self.crop_scale < 1
 
     def describe(self) -> str:
         parts = [f"crop±{self.crop_padding}"] if self.crop_padding else []
         parts += ["flip"] if self.flip else []
+        parts += [f"resized crop {self.crop_scale * 100:g}-100%"] if self.crop_scale < 1 else []
         parts += [f"rotate±{self.rotate:g}°"] if self.rotate else []
         return ", ".join(parts) or "none"
 
@@ -57,8 +61,41 @@ def random_rotate(images: torch.Tensor, degrees: float, generator: torch.Generat
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def random_resized_crop(images: torch.Tensor, min_scale: float, generator: torch.Generator) -> torch.Tensor:
+    """Each float image cropped to its own box and resized back to its size, as torchvision's RandomResizedCrop
+    (area fraction uniform in [min_scale, 1], aspect ratio log-uniform in [3/4, 4/3], box placed uniformly, bilinear).
+
+    torchvision's v2 RandomResizedCrop draws one box per call, so per-image boxes would need a Python loop;
+    here all boxes are one affine_grid + grid_sample. Unlike torchvision, boxes are continuous (not whole pixels),
+    and where a ratio would make the box wider or taller than the image, the ratio is drawn only from the part of
+    [3/4, 4/3] where the box fits (torchvision redraws instead), so the area fraction stays as drawn and the box
+    inside the image; an image whose own ratio lies far outside the range gets the nearest ratio that fits.
+    """
+    if not 0 < min_scale <= 1:
+        raise ImgclsError(f"the resized crop's smallest area fraction must be in (0, 1], got {min_scale}: use e.g. 0.35")
+    n, _, h, w = images.shape
+    u = torch.rand(n, 4, generator=generator, device=generator.device).to(images.device)
+    scale = min_scale + (1 - min_scale) * u[:, 0]
+    # box width / image width = sqrt(scale * ratio / image ratio) <= 1 and likewise for the height
+    log_image_ratio = math.log(w / h)
+    fits_lo, fits_hi = scale.log() + log_image_ratio, log_image_ratio - scale.log()
+    lo = torch.clamp(torch.full_like(scale, math.log(3 / 4)), fits_lo, fits_hi)
+    hi = torch.clamp(torch.full_like(scale, math.log(4 / 3)), fits_lo, fits_hi)
+    log_ratio = lo + (hi - lo) * u[:, 1]
+    fw = (scale * (log_ratio - log_image_ratio).exp()).sqrt().clamp(max=1)
+    fh = (scale / (log_ratio - log_image_ratio).exp()).sqrt().clamp(max=1)
+    # affine_grid maps the output's [-1, 1] onto [centre - f, centre + f], with the centre placed so that the box fits
+    cx, cy = (2 * u[:, 2] - 1) * (1 - fw), (2 * u[:, 3] - 1) * (1 - fh)
+    zero = torch.zeros_like(fw)
+    theta = torch.stack([torch.stack([fw, zero, cx], 1), torch.stack([zero, fh, cy], 1)], 1)
+    grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
+    # Border padding: the outermost samples lie up to half a pixel past the edge pixels' centres, where F.interpolate
+    # repeats the edge too; zero padding would darken it. The box is never larger than the output: no antialiasing needed.
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 def prepare(images: torch.Tensor, mean, std, aug: Augment | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """uint8 batch -> augmented, normalised float batch. Shifts and flips run on uint8 (cheaper); rotation on float.
+    """uint8 batch -> augmented, normalised float batch. Shifts and flips run on uint8 (cheaper); resized crops and rotation on float.
 
     Zero padding and zero fill happen before normalisation, so empty borders are black as in torchvision's RandomCrop.
     """
@@ -68,6 +105,8 @@ def prepare(images: torch.Tensor, mean, std, aug: Augment | None = None, generat
         if aug.flip:
             images = random_flip(images, generator)
     x = images.float().div_(255)
+    if aug is not None and aug.crop_scale < 1:
+        x = random_resized_crop(x, aug.crop_scale, generator)
     if aug is not None and aug.rotate > 0:
         x = random_rotate(x, aug.rotate, generator)
     return x.sub_(mean).div_(std)
