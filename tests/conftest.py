@@ -110,6 +110,28 @@ def weights_at_start(monkeypatch) -> dict:
     return started
 
 
+def cache_torchvision_weights(name: str) -> dict[str, torch.Tensor]:
+    """What torchvision's download of a model's ImageNet weights would leave in torch.hub's cache (TORCH_HOME must point
+    into the test's folder): a 1000-class state dict, here random, under the weights' own file name."""
+    import torchvision.models as tvm
+
+    from imgcls.models.torchvision_models import base_name, cache_path, default_weights
+
+    torch.manual_seed(1)
+    net = tvm.get_model(base_name(name), weights=None)
+    # Batch-norm statistics of real activations, as trained weights have: the initial ones blow eval logits up to hundreds.
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None
+    with torch.no_grad():
+        net(torch.randn(16, 3, 32, 32))
+    state = net.state_dict()
+    path = cache_path(default_weights(name))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, path)
+    return state
+
+
 def cli_train(root: Path, *args: str) -> subprocess.CompletedProcess:
     """`imgcls train ARGS --out ROOT/run` in a subprocess (offline, own cache), for fixtures that share one run."""
     env = {**os.environ, "IMGCLS_OFFLINE": "1", "IMGCLS_CACHE": str(root / "cache")}

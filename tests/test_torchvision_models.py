@@ -6,9 +6,8 @@ from urllib.error import URLError
 
 import pytest
 import torch
-import torchvision.models as tvm
 
-from conftest import make_folder, one_line_error, run_cli
+from conftest import cache_torchvision_weights, make_folder, one_line_error, run_cli
 from imgcls import checkpoint
 from imgcls import engine as engine_module
 from imgcls.config import TrainConfig
@@ -30,23 +29,6 @@ def torch_home(tmp_path, monkeypatch):
 
 def rgb_folder() -> Path:
     return make_folder(Path("two"), per_class=10, size=(32, 32))
-
-
-def cache_imagenet_file(name: str) -> dict[str, torch.Tensor]:
-    """What torchvision's download would leave in the cache: a 1000-class state dict (here random) under the weights' file name."""
-    torch.manual_seed(1)
-    net = tvm.get_model(name.removeprefix("tv:"), weights=None)
-    # Batch-norm statistics of real activations, as trained weights have: the initial ones blow eval logits up to hundreds.
-    for module in net.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None
-    with torch.no_grad():
-        net(torch.randn(16, 3, 32, 32))
-    state = net.state_dict()
-    path = cache_path(default_weights(name))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, path)
-    return state
 
 
 def test_names_reach_built_ins_first_and_torchvision_otherwise():
@@ -74,7 +56,7 @@ def test_a_torchvision_model_trains_from_scratch_when_auto_finds_no_weights(mode
 
 
 def test_pretrained_on_starts_from_the_cached_imagenet_weights_with_a_new_head(capsys, monkeypatch, weights_at_start):
-    imagenet = cache_imagenet_file("tv:resnet18")
+    imagenet = cache_torchvision_weights("tv:resnet18")
     code, out, err = run_cli(
         capsys, "train", "--data", rgb_folder(), "--model", "tv:resnet18", "--pretrained", "on", *QUICK, "--lr", "0.001", "--out", "run"
     )  # a fine-tuning lr
@@ -153,7 +135,7 @@ def test_models_lists_the_torchvision_models_and_their_cached_weights(capsys):
     assert code == 0 and "`imgcls models --all`" in out and "tv:resnet18" in out
     code, out, _ = run_cli(capsys, "models", "--all")
     assert code == 0 and {"resnet50", "efficientnet_b0", "vit_b_16"} <= set(out.split())
-    cache_imagenet_file("tv:resnet18")
+    cache_torchvision_weights("tv:resnet18")
     code, out, _ = run_cli(capsys, "models", "--pretrained")
     rows = {line.split()[0]: line for line in out.splitlines()}
     assert rows["resnet18"].split()[1:] == ["resnet18-f37072fd.pth", "cached"]

@@ -109,6 +109,7 @@ class Trainer:
         # The compiled module shares parameters with self.model, which stays the one saved and evaluated.
         self.forward = torch.compile(self.model) if cfg.compile else self.model
         self.optimizer = make_optimizer(cfg, self.model, data.num_classes)
+        self.peak_lrs = [group["lr"] for group in self.optimizer.param_groups]  # before a schedule changes them
         self.steps_per_epoch = batches_per_epoch(len(data.train), cfg.batch_size)
         self.scheduler, self.schedule_per_step = make_schedule(cfg, self.optimizer, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
@@ -270,7 +271,7 @@ class Trainer:
             "train_acc": correct / seen,
             "val_loss": val.loss,
             "val_acc": val.accuracy,
-            "lr": self.optimizer.param_groups[0]["lr"],
+            "lr": self.optimizer.param_groups[-1]["lr"],  # the head's: the peak of discriminative lrs
             "seconds": p.seconds,
         }
         p.history.append(row)

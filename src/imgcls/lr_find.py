@@ -82,7 +82,7 @@ def probe(
     if initial:
         transfer(trainer.model, initial, cfg.model)
     trainer.model.train()
-    ratios = [group["lr"] / cfg.lr for group in trainer.optimizer.param_groups]
+    ratios = [peak / cfg.lr for peak in trainer.peak_lrs]
     batches = itertools.chain.from_iterable(trainer.batches(epoch) for epoch in itertools.count())
     rows, average, best, diverged = [], 0.0, math.inf, False
     start = time.perf_counter()
