@@ -100,3 +100,20 @@ def test_another_model_gets_the_optimizers_general_learning_rate():
     assert fill_defaults(TrainConfig(model="cnn"), colour()).lr == DEFAULT_LR["sgd"]
     assert fill_defaults(TrainConfig(model="speednet"), colour()).lr == 0.2
     assert fill_defaults(TrainConfig(model="cnn", lr=0.3), colour()).lr == 0.3
+
+
+@pytest.mark.parametrize("start", [{"weights": "runs/x"}, {"pretrained": "on"}])
+def test_starting_from_weights_fine_tunes_with_a_frozen_stage_and_discriminative_lrs(start):
+    for data in (digits(), colour(), colour(n_train=500, side=128)):
+        cfg = fill_defaults(TrainConfig(**start, model="resnet18", flip=data.flips_ok), data)
+        assert (cfg.optimizer, cfg.lr, cfg.lr_mult, cfg.schedule, cfg.batch_size) == ("adamw", 1e-3, 100.0, "onecycle", 64)
+        assert cfg.freeze_epochs == epochs_for(20_000, len(data.train), 5) and cfg.freeze_epochs >= 5
+    photos = fill_defaults(TrainConfig(**start, model="mobilenet_v3_large"), colour(n_train=500, side=128))
+    assert (photos.lr, photos.crop_scale, photos.crop_padding, photos.epochs) == (1e-3, 0.35, 0, 12)  # any pretrained model's lr
+
+
+def test_from_scratch_nothing_is_frozen_and_every_layer_learns_at_the_lr():
+    for data in (digits(), colour(), colour(n_train=500, side=128)):
+        cfg = fill_defaults(TrainConfig(freeze_epochs=3, lr_mult=10.0), data)
+        assert (cfg.freeze_epochs, cfg.lr_mult, cfg.crop_scale) == (0, 1.0, 1.0)
+        assert cfg.optimizer == "sgd" and cfg.model in ("digitnet", "speednet")

@@ -180,19 +180,6 @@ def test_without_timm_a_timm_model_says_how_to_install_it(capsys, monkeypatch):
     assert err == "timm's models (--model timm:NAME) need timm: pip install 'imgcls[timm]'\n"
 
 
-@pytest.mark.parametrize(
-    "model, data, message",
-    [
-        ("timm:vit_tiny_patch16_224", "rgb", "model 'timm:vit_tiny_patch16_224' takes 224x224 images, got 32x32: pass --image-size 224"),
-        ("timm:convnext_nano", "mnist-sample", "model 'timm:convnext_nano' needs images of at least 32x32, got 28x28"),
-    ],
-)
-def test_data_a_timm_model_cannot_take_is_refused_before_a_run_folder_is_made(capsys, model, data, message):
-    data = rgb_folder() if data == "rgb" else data
-    assert message in one_line_error(capsys, "train", "--data", data, "--model", model, "--pretrained", "off", *QUICK)
-    assert not Path("runs").exists()
-
-
 @pytest.mark.parametrize("model, side", [("timm:resnet18", 1), ("timm:convnext_nano", 32), ("timm:inception_v3", 75)])
 def test_the_smallest_side_found_on_the_meta_device_is_what_the_real_model_takes(model, side):
     assert get_model_info(model).min_size == side

@@ -1,5 +1,6 @@
 """torchvision's classification models as --model, and --pretrained: their ImageNet weights from torch.hub's cache."""
 
+import importlib.util
 import json
 from pathlib import Path
 from urllib.error import URLError
@@ -18,6 +19,7 @@ from imgcls.models.pretrained import pretrained_weights
 from imgcls.models.torchvision_models import IMAGENET_MEAN, IMAGENET_STD, cache_path, default_weights
 
 QUICK = ["--epochs", "1", "--batch-size", "8", "--device", "cpu"]
+NEEDS_TIMM = pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed: pip install 'imgcls[timm]'")
 
 
 @pytest.fixture(autouse=True)
@@ -122,9 +124,15 @@ def test_an_unknown_pretrained_setting_is_refused():
     [
         ("mobilenet_v3_small", "mnist-sample", "takes 3-channel images, the data has 1"),
         ("vit_b_16", "rgb", "takes 224x224 images, got 32x32: pass --image-size 224"),
+        pytest.param(
+            "timm:vit_tiny_patch16_224", "rgb", "model 'timm:vit_tiny_patch16_224' takes 224x224 images, got 32x32", marks=NEEDS_TIMM
+        ),
+        pytest.param(
+            "timm:convnext_nano", "mnist-sample", "model 'timm:convnext_nano' needs images of at least 32x32, got 28x28", marks=NEEDS_TIMM
+        ),
     ],
 )
-def test_data_a_torchvision_model_cannot_take_is_refused_before_a_run_folder_is_made(capsys, model, data, message):
+def test_data_a_torchvision_or_timm_model_cannot_take_is_refused_before_a_run_folder_is_made(capsys, model, data, message):
     data = rgb_folder() if data == "rgb" else data
     assert message in one_line_error(capsys, "train", "--data", data, "--model", model, "--pretrained", "off", *QUICK)
     assert not Path("runs").exists()

@@ -388,8 +388,8 @@ def _describe(cfg: TrainConfig, data: Dataset, trainer: Trainer) -> str:
 
 
 def load_run_data(cfg: TrainConfig, split_files=None) -> Dataset:
-    # Folders of photos without --image-size: ImageNet's 224 on a GPU; 128 on a CPU, where 224 costs 3x the time per
-    # image (bench/RESULTS.md). The side chosen goes into config.json, so resume and evaluate decode the same.
+    # Folders of photos without --image-size: ImageNet's 224 on a GPU; 128 on a CPU, where ResNet-18 trains 2.3x slower at 224
+    # (bench/RESULTS.md). The side chosen goes into config.json, so resume and evaluate decode the same.
     default_size = GPU_IMAGE_SIZE if pick_device(cfg.device).type == "cuda" else CPU_IMAGE_SIZE
     return load_dataset(
         cfg.data, data_dir=cfg.data_dir, seed=cfg.seed, val_fraction=cfg.val_fraction, image_size=cfg.image_size, split_files=split_files,
