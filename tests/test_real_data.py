@@ -66,7 +66,7 @@ def test_fine_tuning_from_cifar8_beats_training_from_scratch_on_airplane_vs_bird
     epochs) and in the fine-tune's time."""
     others = ["automobile", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     assert main(["train", "--data", str(link_cifar(Path("cifar8"), others, 2000)), "--epochs", "10", "--out", "pre"]) == 0
-    two = link_cifar(Path("cifar2"), ["airplane", "bird"], 250)
+    two = link_cifar(Path("airplane-vs-bird"), ["airplane", "bird"], 250)  # not "cifar2": that names the dataset
     tuned = train(capsys, "--data", two, "--weights", "pre")
     Path("run").rename("tuned")
     scratch = train(capsys, "--data", two)
