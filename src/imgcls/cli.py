@@ -97,6 +97,15 @@ def _add_train(sub) -> None:
         "--resume", metavar="RUN", help="continue a run (its folder or last.pt) with its saved settings; --device and --data-dir may change"
     )
     p.add_argument(
+        "--nproc",
+        metavar="N",
+        type=int,
+        help="train on N processes of this machine (torchrun's launcher; DistributedDataParallel, --batch-size is the global batch)",
+    )
+    p.add_argument(
+        "--sync-bn", action=argparse.BooleanOptionalAction, help="several processes: batch norm over the global batch (CUDA) [off]"
+    )
+    p.add_argument(
         "--tensorboard", action="store_true", help="log live curves and sample images to RUN/tensorboard (needs imgcls[tensorboard])"
     )
     p.add_argument(
@@ -239,12 +248,17 @@ SETUP_KEYS = [
     "val_fraction", "image_size", "dropout", "augment", "crop_padding", "flip", "rotate", "crop_scale", "precision", "weights", "pretrained",
     "lr_mult",
 ]  # fmt: skip
-TRAIN_KEYS = [*SETUP_KEYS, "epochs", "lr", "schedule", "patience", "tta", "compile", "freeze_epochs"]
+TRAIN_KEYS = [*SETUP_KEYS, "epochs", "lr", "schedule", "patience", "tta", "compile", "freeze_epochs", "sync_bn"]
 
 
 def cmd_train(args) -> int:
+    if args.nproc is not None:
+        return launch(args.nproc)
+    from imgcls import distributed
     from imgcls.config import TrainConfig
     from imgcls.engine import Interrupted, resume, train
+
+    distributed.quiet_unless_main(distributed.from_env())
 
     given = {k: getattr(args, k) for k in TRAIN_KEYS if getattr(args, k) is not None}
     loggers = _loggers(args)
@@ -272,6 +286,30 @@ def cmd_train(args) -> int:
         f"{summary['best_epoch']} (val {summary['best_val_accuracy']:.2%}); {summary['epochs_run']} epoch{'s' * (summary['epochs_run'] != 1)} in {summary['train_seconds']:.1f}s\n"
         f"saved to {run_dir}, plots in {run_dir / 'report.html'}"
     )
+    return 0
+
+
+def launch(nproc: int) -> int:
+    """`imgcls train --nproc N ...`: the same command on N processes of this machine, started by torchrun's launcher
+    (which ends them all when one fails); its exit status is theirs."""
+    positive("--nproc", nproc)
+    if os.environ.get("WORLD_SIZE"):
+        raise ImgclsError("--nproc inside torchrun: drop --nproc (torchrun's --nproc-per-node sets the processes)")
+    argv = sys.argv[1:]
+    for i, arg in enumerate(argv):  # drop --nproc N / --nproc=N, keep the rest as typed
+        if arg == "--nproc":
+            del argv[i : i + 2]
+            break
+        if arg.startswith("--nproc="):
+            del argv[i]
+            break
+    from torch.distributed.run import main as torchrun
+
+    try:
+        torchrun(["--standalone", "--nproc-per-node", str(nproc), "-m", "imgcls", *argv])
+    except Exception as e:  # noqa: BLE001 - torchrun's ChildFailedError: each failed rank already printed its error
+        print(f"imgcls: {type(e).__name__}: a training process failed (its error is above)", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -505,7 +543,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ImgclsError as e:
-        print(f"imgcls: error: {e}", file=sys.stderr)
+        from imgcls.distributed import errors
+
+        print(f"imgcls: error: {e}", file=errors())
         return 2
     except KeyboardInterrupt:
         print("\nimgcls: interrupted", file=sys.stderr)

@@ -70,6 +70,7 @@ class TrainConfig:
     tta: bool | None = None  # evaluate on each image and its mirror image, averaging the logits
     precision: str = "auto"  # auto: bf16 autocast on GPUs and on CPUs with native bf16, else fp32
     compile: bool = False  # torch.compile the model for training
+    sync_bn: bool = False  # several processes: batch-norm statistics over the global batch (SyncBatchNorm; CUDA only)
     weights: str | None = None  # initial weights (imgcls.models.weights): a run folder, checkpoint or state dict file
     pretrained: str = "auto"  # the model's ImageNet weights (torchvision, timm); a run's config.json holds the outcome, on or off
     freeze_epochs: int | None = None  # starting from weights: epochs of the head alone (backbone frozen) before the rest
@@ -117,6 +118,8 @@ def check(cfg: TrainConfig) -> None:
             raise ImgclsError(f"{flag} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
         if not allowed(value):
             raise ImgclsError(f"{flag} must be {wanted}, got {value}")
+    if cfg.sync_bn and pick_device(cfg.device).type != "cuda":
+        raise ImgclsError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only): drop it, or train with --device cuda")
     if cfg.precision == "fp16" and pick_device(cfg.device).type == "cpu":
         # Refused rather than warned about: CPU fp16 autocast has no fast kernels and trains ~90x slower than fp32,
         # so the run would look hung and a warning scrolls away; nothing is lost by asking for another precision.

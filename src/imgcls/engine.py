@@ -4,6 +4,7 @@ The hot loop (`Trainer.train_epoch`) is index -> augment on device -> forward ->
 with statistics kept on the device and read back only every few steps.
 """
 
+import contextlib
 import math
 import os
 import signal
@@ -16,9 +17,10 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from imgcls import checkpoint, finetune
+from imgcls import checkpoint, distributed, finetune
 from imgcls.config import TrainConfig, check, fill_defaults
 from imgcls.data import dataset_name, load_dataset
 from imgcls.data.augment import prepare
@@ -26,7 +28,7 @@ from imgcls.data.core import Dataset, Split
 from imgcls.data.registry import is_folder_spec
 from imgcls.device import amp_dtype, autocast, pick_device, use_channels_last
 from imgcls.errors import ImgclsError
-from imgcls.evaluation import EvalResult, evaluate, write_confusion_csv
+from imgcls.evaluation import EvalResult, metrics, predict_logits, write_confusion_csv
 from imgcls.interrupt import STOP_SIGNALS, CtrlC
 from imgcls.models import check_input, create_model, get_model_info, num_params
 from imgcls.models.pretrained import pretrained_normalised, pretrained_weights
@@ -89,32 +91,37 @@ def make_schedule(cfg: TrainConfig, optimizer, steps_per_epoch: int):
     return None, False
 
 
-def batches_per_epoch(n: int, batch_size: int) -> int:
-    """Batches in an epoch; a last batch of one image is dropped because batch norm cannot train on it."""
+def batches_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
+    """Batches in an epoch; a last batch that leaves a process (of `world`) fewer than two images is dropped: batch norm
+    cannot train on one."""
     count = math.ceil(n / batch_size)
-    return count - 1 if count > 1 and n % batch_size == 1 else count
+    return count - 1 if count > 1 and 0 < n % batch_size < 2 * world else count
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig, data: Dataset, run_dir: Path, on_step: Callable[["Trainer"], None] | None = None, loggers=()):
         self.cfg, self.data, self.run_dir, self.on_step = cfg, data, Path(run_dir), on_step
         self.loggers = list(loggers)  # imgcls.loggers.Logger: live curves (TensorBoard, Visdom)
-        self.device = pick_device(cfg.device)
+        self.group, self.device = distributed.setup(pick_device(cfg.device))
         self.amp = amp_dtype(self.device, cfg.precision)
         self.channels_last = use_channels_last(self.device, get_model_info(cfg.model).convolutional)
         torch.manual_seed(cfg.seed)
         self.model = create_model(cfg.model, data.shape, data.num_classes, **cfg.model_options()).to(self.device)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        # The compiled module shares parameters with self.model, which stays the one saved and evaluated.
-        self.forward = torch.compile(self.model) if cfg.compile else self.model
+        if cfg.sync_bn and self.group.active:
+            self.model = nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        # DDP and the compiled module share parameters with self.model, which stays the one saved and evaluated.
+        self.forward = DistributedDataParallel(self.model) if self.group.active else self.model
+        self.forward = torch.compile(self.forward) if cfg.compile else self.forward
         self.optimizer = make_optimizer(cfg, self.model, data.num_classes)
         self.peak_lrs = [group["lr"] for group in self.optimizer.param_groups]  # before a schedule changes them
-        self.steps_per_epoch = batches_per_epoch(len(data.train), cfg.batch_size)
+        self.steps_per_epoch = batches_per_epoch(len(data.train), cfg.batch_size, self.group.world)
         self.scheduler, self.schedule_per_step = make_schedule(cfg, self.optimizer, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.augment = cfg.augmentation()
-        self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
+        # Each rank augments its shard with its own draws; rank 0's are a single process's.
+        self.generator = torch.Generator(self.device).manual_seed(cfg.seed + self.group.rank * 1_000_003)
         self.mean = torch.tensor(data.mean, device=self.device).view(-1, 1, 1)
         self.std = torch.tensor(data.std, device=self.device).view(-1, 1, 1)
         on_device = self.device.type == "cuda" and data.train.images.nbytes < DEVICE_DATA_LIMIT
@@ -145,6 +152,9 @@ class Trainer:
         return {k: v.detach().to("cpu", memory_format=torch.contiguous_format) for k, v in self.model.state_dict().items()}
 
     def save_last(self) -> None:
+        """The run's whole state in last.pt, written by rank 0 alone (the weights are the same in every process)."""
+        if not self.group.main:
+            return
         payload = self._payload(self._weights())
         payload.update(
             optimizer=self.optimizer.state_dict(),
@@ -186,15 +196,19 @@ class Trainer:
         self.stop_requested, self.stop_signal = True, signum
 
     def _eval(self, split: Split) -> EvalResult:
-        return evaluate(
-            self.model, split, self.mean, self.std, self.data.num_classes, amp=self.amp, channels_last=self.channels_last, tta=self.cfg.tta
+        """Each process predicts its shard of the split; the metrics come from all the logits, the same on every rank."""
+        part = split.subset(torch.arange(len(split))[distributed.shard(len(split), self.group)])
+        logits = predict_logits(
+            self.model, part.images, self.mean, self.std, amp=self.amp, channels_last=self.channels_last, tta=self.cfg.tta
         )
+        return metrics(distributed.gather_rows(logits, len(split), self.group), split.labels, self.data.num_classes)
 
     def batches(self, epoch: int) -> list[torch.Tensor]:
-        """The training-image indices of each step of an epoch. The order depends only on (seed, epoch), so a resumed
-        epoch replays it exactly."""
+        """This process's training-image indices for each step of an epoch: its share of each global batch of the
+        seeded order. The order depends only on (seed, epoch), so a resumed epoch replays it, on any number of processes."""
         order = torch.randperm(len(self.train_labels), generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch))
-        return list(order.to(self.home).split(self.cfg.batch_size)[: self.steps_per_epoch])
+        steps = order.split(self.cfg.batch_size)[: self.steps_per_epoch]
+        return [step[self.group.rank :: self.group.world].to(self.home) for step in steps]
 
     def train_step(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One optimizer step on the training images at idx: their labels, logits and loss, left on the device."""
@@ -216,7 +230,8 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         self.model.train()
         batches = self.batches(p.epoch)
-        totals = torch.tensor(p.totals, dtype=torch.float64, device=self.device)
+        # This process's sums; rank 0 carries a resumed epoch's, which were all processes' (p.totals is their sum).
+        totals = torch.tensor(p.totals if self.group.main else [0.0] * 3, dtype=torch.float64, device=self.device)
         start = time.perf_counter() - p.seconds
         with EpochBar(self.steps_per_epoch, p.step, f"epoch {p.epoch + 1}/{cfg.epochs}") as bar:
             for step in range(p.step, self.steps_per_epoch):
@@ -227,20 +242,28 @@ class Trainer:
                 totals[1] += (logits.argmax(1) == y).sum()
                 totals[2] += len(y)
                 p.step = step + 1
-                if p.step % SYNC_EVERY == 0 or p.step == self.steps_per_epoch or self.stop_requested:
-                    p.totals, p.seconds = totals.tolist(), time.perf_counter() - start
+                if self.on_step:
+                    self.on_step(self)
+                synced = p.step % SYNC_EVERY == 0 or p.step == self.steps_per_epoch
+                stop = self._stop_agreed(synced)
+                if synced or stop:
+                    p.totals, p.seconds = distributed.sum_(totals.clone(), self.group).tolist(), time.perf_counter() - start
                     if not math.isfinite(p.totals[0]):
                         self._non_finite()
                     bar.show(p.step, p.totals, p.seconds)
                     for logger in self.loggers:
                         logger.step(self)
-                if self.on_step:
-                    self.on_step(self)
-                if self.stop_requested:
-                    p.totals, p.seconds = totals.tolist(), time.perf_counter() - start
+                if stop:
                     self.save_last()
                     raise Interrupted(self.run_dir, self.stop_signal)
         p.seconds = time.perf_counter() - start
+
+    def _stop_agreed(self, synced: bool) -> bool:
+        """Whether to stop after this step. One process alone cannot stop (the others would wait for it in their next
+        gradient exchange): with several, every process asks whether any was told to stop, at the same steps."""
+        if not self.group.active:
+            return self.stop_requested
+        return synced and distributed.any_(self.stop_requested, self.group, self.device)
 
     def frozen_stage(self) -> None:
         """Fine-tuning's first stage: the head alone, on the frozen backbone's cached features (imgcls.finetune)."""
@@ -279,14 +302,17 @@ class Trainer:
         p.images_seen += int(seen)
         p.epoch, p.step, p.totals, p.seconds = p.epoch + 1, 0, [0.0, 0.0, 0.0], 0.0
         improved = val.accuracy > p.best_val_accuracy
+        # The val figures are every process's (sharded, gathered), so all decide the same: best epoch, early stop.
         if improved:
             p.best_val_accuracy, p.best_epoch, p.stale_epochs = val.accuracy, p.epoch, 0
-            checkpoint.atomic_save(self._payload(self._weights()), self.run_dir / "best.pt")
+            if self.group.main:
+                checkpoint.atomic_save(self._payload(self._weights()), self.run_dir / "best.pt")
         else:
             p.stale_epochs += 1
         p.finished = p.epoch >= cfg.epochs or (cfg.patience > 0 and p.stale_epochs >= cfg.patience)
         self.save_last()
-        write_metrics(self.run_dir / "metrics.csv", p.history)
+        if self.group.main:
+            write_metrics(self.run_dir / "metrics.csv", p.history)
         return {**row, "best": improved, "images_per_second": seen / max(row["seconds"], 1e-9)}
 
     def fit(self) -> dict:
@@ -308,10 +334,12 @@ class Trainer:
 
     def finish(self) -> dict:
         p = self.progress
+        distributed.barrier(self.group)  # best.pt is rank 0's to write
         best = checkpoint.load(self.run_dir / "best.pt")
         self.model.load_state_dict(best["state_dict"])
         test = self._eval(self.data.test)
-        write_confusion_csv(test.confusion, self.data.classes, self.run_dir / "confusion_matrix.csv")
+        if self.group.main:
+            write_confusion_csv(test.confusion, self.data.classes, self.run_dir / "confusion_matrix.csv")
         summary = {
             "dataset": self.data.name,
             "model": self.cfg.model,
@@ -331,6 +359,8 @@ class Trainer:
             "skipped_files": len(self.data.skipped),
             "frozen_stage": p.frozen_stage,
         }
+        if not self.group.main:
+            return summary
         write_json(self.run_dir / "summary.json", summary)
         from imgcls.report import write_report  # matplotlib loads only now, after training
 
@@ -448,13 +478,16 @@ def _fit(trainer: Trainer) -> dict:
 def train(cfg: TrainConfig, out: str | None = None, on_step=None, loggers=()) -> tuple[Path, dict]:
     """A new run: load data, fill defaults, write the run folder, train, test."""
     cfg, data, initial = setup(cfg)
-    run_dir = new_run_dir(dataset_name(cfg.data), cfg.model, out)
-    with lock_run(run_dir):
+    group, _ = distributed.setup(pick_device(cfg.device))
+    # Rank 0 makes the run folder (the next free runs/ name) and tells the others.
+    run_dir = distributed.broadcast(new_run_dir(dataset_name(cfg.data), cfg.model, out) if group.main else None, group)
+    with lock_run(run_dir) if group.main else contextlib.nullcontext():
         trainer = Trainer(cfg, data, run_dir, on_step=on_step, loggers=loggers)
         # Only here: a resumed run continues from its last.pt, never from these again.
         report = transfer(trainer.model, initial, cfg.model) if initial else None
-        write_json(run_dir / "config.json", cfg.to_dict())
-        _record_data(data, run_dir)
+        if group.main:
+            write_json(run_dir / "config.json", cfg.to_dict())
+            _record_data(data, run_dir)
         print(f"run {run_dir}\n{_describe(cfg, data, trainer)}" + (f"\n{report}" if report else ""), flush=True)
         return run_dir, _fit(trainer)
 
@@ -478,7 +511,7 @@ def resume(run: str | Path, device: str | None = None, data_dir: str | None = No
     if not path.is_dir():
         path = checkpoint.resolve(path)
     run_dir = path if path.is_dir() else path.parent
-    with lock_run(run_dir):
+    with lock_run(run_dir) if distributed.from_env().main else contextlib.nullcontext():
         if path.is_dir() and not (path / "last.pt").is_file() and (path / "config.json").is_file():
             ckpt, saved = None, read_json(path / "config.json")
         else:

@@ -68,10 +68,14 @@ def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classe
 
 
 def evaluate(model: nn.Module, split: Split, mean, std, num_classes: int, **kwargs) -> EvalResult:
-    if len(split) == 0:
+    return metrics(predict_logits(model, split.images, mean, std, **kwargs), split.labels, num_classes)
+
+
+def metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> EvalResult:
+    """Loss, accuracy and confusion matrix of a split's logits."""
+    if len(labels) == 0:
         return EvalResult(float("nan"), float("nan"), torch.zeros(num_classes, num_classes, dtype=torch.long))
-    logits = predict_logits(model, split.images, mean, std, **kwargs)
-    labels = split.labels.to(logits.device)
+    labels = labels.to(logits.device)
     loss = F.cross_entropy(logits, labels).item()
     predictions = logits.argmax(1)
     accuracy = (predictions == labels).float().mean().item()

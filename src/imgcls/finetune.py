@@ -63,7 +63,7 @@ def features(trainer, head: nn.Linear, images: torch.Tensor, flip: bool) -> torc
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(trainer.device, trainer.amp):
                 trainer.model(x)
-            if trainer.stop_requested:
+            if trainer.stop_requested and not trainer.group.active:  # several processes stop together, in the epochs
                 return None
     finally:
         hook.remove()
