@@ -303,13 +303,18 @@ def launch(nproc: int) -> int:
         if arg.startswith("--nproc="):
             del argv[i]
             break
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import main as torchrun
 
     try:
         torchrun(["--standalone", "--nproc-per-node", str(nproc), "-m", "imgcls", *argv])
-    except Exception as e:  # noqa: BLE001 - torchrun's ChildFailedError: each failed rank already printed its error
-        print(f"imgcls: {type(e).__name__}: a training process failed (its error is above)", file=sys.stderr)
-        return 1
+    except SignalException as e:  # Ctrl-C or SIGTERM: the processes got it too, and rank 0 said where it saved
+        return 128 + e.sigval
+    except ChildFailedError as e:  # each failed process printed its own error
+        codes = sorted({failure.exitcode for failure in e.failures.values()})
+        print(f"imgcls: {len(e.failures)} of {nproc} training processes failed (exit status {', '.join(map(str, codes))})", file=sys.stderr)
+        return codes[0] if len(codes) == 1 and codes[0] > 0 else 1
     return 0
 
 

@@ -197,7 +197,7 @@ class Trainer:
 
     def _eval(self, split: Split) -> EvalResult:
         """Each process predicts its shard of the split; the metrics come from all the logits, the same on every rank."""
-        part = split.subset(torch.arange(len(split))[distributed.shard(len(split), self.group)])
+        part = split.subset(torch.arange(len(split))[distributed.shard(len(split), self.group)]) if self.group.active else split
         logits = predict_logits(
             self.model, part.images, self.mean, self.std, amp=self.amp, channels_last=self.channels_last, tta=self.cfg.tta
         )
@@ -326,7 +326,7 @@ class Trainer:
                 print(format_epoch(row, self.cfg.epochs), flush=True)
                 for logger in self.loggers:
                     logger.epoch(self, row)
-                if self.stop_requested:
+                if self._stop_agreed(True):  # asked for while validating: last.pt already holds the epoch's end
                     raise Interrupted(self.run_dir, self.stop_signal)
         if self.cfg.patience and self.progress.epoch < self.cfg.epochs:
             print(f"early stop: no better val accuracy for {self.cfg.patience} epochs", flush=True)
