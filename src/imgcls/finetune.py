@@ -33,12 +33,12 @@ def classifier(model: nn.Module, num_classes: int) -> nn.Linear | None:
 def param_groups(model: nn.Module, head: nn.Module | None, lr: float, lr_mult: float, weight_decay: float) -> list[dict]:
     """Optimizer groups: the backbone's parameters in GROUPS consecutive parts with learning rates rising geometrically
     from lr / lr_mult, the head's at lr; no weight decay on biases and norm weights (decaying them only hurts)."""
-    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
-    body = [p for p in model.parameters() if id(p) not in head_ids]
-    stages = [(body[i * len(body) // GROUPS : (i + 1) * len(body) // GROUPS], lr / lr_mult ** (1 - i / GROUPS)) for i in range(GROUPS)]
-    stages.append(([p for p in model.parameters() if id(p) in head_ids], lr))
-    if lr_mult == 1:
-        stages = [(list(model.parameters()), lr)]
+    stages = [(list(model.parameters()), lr)]  # one lr for all: training from scratch
+    if lr_mult != 1:
+        head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+        body = [p for p in model.parameters() if id(p) not in head_ids]
+        stages = [(body[i * len(body) // GROUPS : (i + 1) * len(body) // GROUPS], lr / lr_mult ** (1 - i / GROUPS)) for i in range(GROUPS)]
+        stages.append(([p for p in model.parameters() if id(p) in head_ids], lr))
     groups = []
     for params, group_lr in stages:
         for decay in (True, False):
