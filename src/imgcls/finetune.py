@@ -4,7 +4,7 @@ the whole model with discriminative learning rates (the first layers lowest).
 Beyond fastai: while the backbone is frozen its features do not change, so they are computed once, for every
 training image and its mirror image, and the head trains on those. The frozen stage then costs one forward pass
 per image and flip instead of one per image and epoch. Batch norm stays in eval mode there (ImageNet's statistics),
-which is what cached features need; bench/finetune.py measures it against training the norms.
+which is what cached features need; bench/transfer.py and bench/backbones.py measure it against training the norms.
 """
 
 import math
