@@ -197,10 +197,8 @@ class Trainer:
 
     def _eval(self, split: Split) -> EvalResult:
         """Each process predicts its shard of the split; the metrics come from all the logits, the same on every rank."""
-        part = split.subset(torch.arange(len(split))[distributed.shard(len(split), self.group)]) if self.group.active else split
-        logits = predict_logits(
-            self.model, part.images, self.mean, self.std, amp=self.amp, channels_last=self.channels_last, tta=self.cfg.tta
-        )
+        images = split.images[distributed.shard(len(split), self.group)]  # a view: the whole split for one process
+        logits = predict_logits(self.model, images, self.mean, self.std, amp=self.amp, channels_last=self.channels_last, tta=self.cfg.tta)
         return metrics(distributed.gather_rows(logits, len(split), self.group), split.labels, self.data.num_classes)
 
     def batches(self, epoch: int) -> list[torch.Tensor]:
