@@ -69,8 +69,9 @@ def test_two_processes_train_one_run_as_one_process_does():
     s1, s2 = summary("one"), summary(str(run))
     assert s2["test_images"] == s1["test_images"] == 2000 and s2["epochs_run"] == 2
     # Same global batch, seed and order; each process's batch norm sees half a batch, and rank 1 draws its own
-    # augmentation: measured 98.35% (2 processes) against 97.90% (1) on the embedded sample.
-    assert abs(s2["test_accuracy"] - s1["test_accuracy"]) < 0.015
+    # augmentation. Measured on an Intel Xeon (AMX), 1 vs 2 processes: seed 3 fp32 98.20/98.30%, bf16 98.40/98.40%;
+    # seed 4 fp32 96.90/98.00%, bf16 97.70/97.85%: up to 1.1 points apart, as two seeds of one process are.
+    assert abs(s2["test_accuracy"] - s1["test_accuracy"]) < 0.02
     assert len(Path(run, "metrics.csv").read_text().splitlines()) == 3
     assert one.returncode == 0
 
