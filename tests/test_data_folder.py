@@ -175,9 +175,9 @@ def test_parallel_decoding_matches_decoding_in_one_process(tmp_path, monkeypatch
     inline = folder_module.decode(root, sorted(e.rel for e in folder_module.scan(root)[1]), None, None)
     monkeypatch.setattr(folder_module, "CHUNK", 4)  # 19 files: five chunks on worker processes
     parallel = folder_module.decode(root, sorted(e.rel for e in folder_module.scan(root)[1]), None, None)
-    assert torch.equal(parallel["images"], inline["images"])
-    assert parallel["files"] == inline["files"] and len(parallel["files"]) == 18
-    assert [s.split(":")[0] for s in parallel["skipped"]] == ["dog/bad.png"]
+    assert torch.equal(parallel.images, inline.images)
+    assert parallel.ids == inline.ids and len(parallel.ids) == 18
+    assert [s.split(":")[0] for s in parallel.meta["skipped"]] == ["dog/bad.png"]
 
 
 def test_a_symlink_loop_in_a_class_folder_is_skipped_with_a_line(tmp_path, capsys):

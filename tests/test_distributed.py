@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import free_port, tiny_dataset
@@ -93,6 +94,42 @@ def test_a_stopped_two_process_run_resumes_on_one_process():
     assert f"resuming at epoch {epoch + 1}/8, step {last['progress']['step']}/" in resumed.stdout  # global steps: any process count
     s = summary("run")
     assert s["epochs_run"] == 8 and s["test_accuracy"] > 0.9
+
+
+def rank_pid(root: int, rank: int) -> int | None:
+    """The pid of the torchrun worker of this rank among root's descendants."""
+    pending = [root]
+    while pending:
+        pid = pending.pop()
+        try:
+            if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") and pid != root:
+                return pid
+            pending += [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the worker processes through /proc (Linux)")
+def test_a_process_that_dies_ends_the_others_within_seconds_and_keeps_the_checkpoints():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imgcls", "train", "--nproc", "2", "--epochs", "8", "--device", "cpu", "--out", "run"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env(),
+    )  # fmt: skip
+    deadline = time.monotonic() + 180
+    while not Path("run/metrics.csv").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    victim = rank_pid(proc.pid, 1)
+    assert victim is not None and proc.poll() is None
+    os.kill(victim, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    killed = time.monotonic()
+    out = proc.communicate(timeout=120)[0]
+    assert time.monotonic() - killed < 30, out  # not the collectives' 5-minute timeout
+    assert proc.returncode == 1 and "rank 1 was killed by SIGKILL" in out, out
+    assert "another process of this run stopped" in out and "resume with `imgcls train --resume run`" in out, out
+    assert "Traceback" not in out, out
+    for name in ("best.pt", "last.pt"):
+        assert torch.load(Path("run", name), weights_only=True)["classes"] == [str(d) for d in range(10)]
 
 
 def test_two_torchrun_agents_on_a_loopback_rendezvous_train_one_run():

@@ -194,8 +194,8 @@ def test_hostile_files_in_worker_processes_are_skipped(hostile_folder, monkeypat
     monkeypatch.setattr(folder_module, "CHUNK", 4)  # 18 files: five chunks, decoded by worker processes
     rels = sorted(e.rel for e in folder_module.scan(hostile_folder)[1])
     decoded = folder_module.decode(hostile_folder, rels, None, None)
-    assert len(decoded["files"]) == 16 and decoded["images"].shape == (16, 3, 16, 16)
-    assert sorted(decoded["skipped"]) == [
+    assert len(decoded.ids) == 16 and decoded.images.shape == (16, 3, 16, 16)
+    assert sorted(decoded.meta["skipped"]) == [
         "cat/hostile.tif: TypeError: 'IFDRational' object cannot be interpreted as an integer",
         f"dog/huge.png: image too large: over {2 * Image.MAX_IMAGE_PIXELS:,} pixels, the limit is {MAX_PIXELS:,}",
     ]

@@ -59,8 +59,8 @@ def test_preprocessing_is_the_training_decode_for_every_image_mode(tmp_path, cha
     predictor = Predictor.open(ckpt)
     names = sorted(kinds)
     trained = decode(tmp_path / "imgs", names, channels, 24)  # what `imgcls train --data FOLDER --image-size 24` decodes
-    assert trained["files"] == names and not trained["skipped"]
-    for name, expected in zip(names, trained["images"].numpy()):
+    assert trained.ids == names and not trained.meta["skipped"]
+    for name, expected in zip(names, trained.images.numpy()):
         assert np.array_equal(predictor.read(tmp_path / "imgs" / name), expected), f"{kinds[name]} differs from training"
     # The EXIF-rotated file is decoded upright: like the picture turned by hand, not like its stored pixels.
     upright = load_image(picture().transpose(Image.Transpose.ROTATE_270), channels, (24, 24))
@@ -83,7 +83,7 @@ def test_batched_probabilities_match_the_model_on_the_training_decode(tmp_path):
     ck = torch.load(ckpt, weights_only=True)
     ck["path"] = str(ckpt)
     mean, std = normalisation(ck)
-    images = decode(tmp_path / "imgs", [f.relative_to(tmp_path / "imgs").as_posix() for f in files], 3, 24)["images"]
+    images = decode(tmp_path / "imgs", [f.relative_to(tmp_path / "imgs").as_posix() for f in files], 3, 24).images
     with torch.no_grad():
         expected = load_model(ck)((images.float() / 255 - mean) / std).softmax(1)
     assert torch.allclose(torch.stack(all_at_once), expected, atol=1e-6)

@@ -140,7 +140,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--data", metavar="NAME|PATH", help="dataset name or folder [the one the model was trained on]")
     p.add_argument("--data-dir", metavar="DIR", help="where named datasets live")
     p.add_argument("--split", choices=["test", "val", "train"], default="test", help="[test]")
-    p.add_argument("--batch-size", metavar="N", type=int, default=512)
+    p.add_argument("--batch-size", metavar="N", type=int, help="images per batch [by image size: 1,024 at 32 px, 170 at 128 px]")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     p.add_argument("--out", metavar="DIR", help="folder for confusion_matrix.csv and evaluation.json [the run folder]")
     p.set_defaults(func=cmd_evaluate)
@@ -150,7 +150,7 @@ def _add_report(sub) -> None:
     p = sub.add_parser("report", help="(re)draw a run's plots and report.html from its best checkpoint")
     p.add_argument("run", metavar="RUN", help="a run folder made by `imgcls train`")
     p.add_argument("--data-dir", metavar="DIR", help="where named datasets live")
-    p.add_argument("--batch-size", metavar="N", type=int, default=512)
+    p.add_argument("--batch-size", metavar="N", type=int, help="images per batch [by image size: 1,024 at 32 px, 170 at 128 px]")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], default="auto")
     p.set_defaults(func=cmd_report)
 
@@ -312,10 +312,22 @@ def launch(nproc: int) -> int:
     except SignalException as e:  # Ctrl-C or SIGTERM: the processes got it too, and rank 0 said where it saved
         return 128 + e.sigval
     except ChildFailedError as e:  # each failed process printed its own error
-        codes = sorted({failure.exitcode for failure in e.failures.values()})
-        print(f"imgcls: {len(e.failures)} of {nproc} training processes failed (exit status {', '.join(map(str, codes))})", file=sys.stderr)
-        return codes[0] if len(codes) == 1 and codes[0] > 0 else 1
+        failures = sorted((rank, failure.exitcode) for rank, failure in e.failures.items())
+        how = "; ".join(f"rank {rank} {_ended(code)}" for rank, code in failures)
+        print(f"imgcls: {len(failures)} of {nproc} training processes failed: {how}", file=sys.stderr)
+        codes = {code for _, code in failures}
+        return codes.pop() if len(codes) == 1 and min(codes) > 0 else 1
     return 0
+
+
+def _ended(code: int) -> str:
+    """How a process ended, from its exit status (negative: the signal that killed it)."""
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
 
 
 def cmd_lr_find(args) -> int:
@@ -367,8 +379,10 @@ def writable(option: str, path: str | None, folder: bool = False) -> Path | None
     return path
 
 
-def positive(option: str, value: float, integer: bool = True) -> None:
-    """Numbers (NaN and infinity excluded) that must be above zero, or at least 1 for counts."""
+def positive(option: str, value: float | None, integer: bool = True, optional: bool = False) -> None:
+    """Numbers (NaN and infinity excluded) that must be above zero, or at least 1 for counts; None where `optional`."""
+    if optional and value is None:
+        return
     if not (value >= 1 if integer else 0 < value < math.inf):
         raise ImgclsError(f"{option} must be {'at least 1' if integer else 'a positive number'}, got {value}")
 
@@ -376,7 +390,7 @@ def positive(option: str, value: float, integer: bool = True) -> None:
 def cmd_report(args) -> int:
     from imgcls.report import PLOTS, report_run
 
-    positive("--batch-size", args.batch_size)
+    positive("--batch-size", args.batch_size, optional=True)
     path = report_run(args.run, args.data_dir, args.device, args.batch_size)
     print(f"saved {', '.join(PLOTS)} and {path.name} in {path.parent}\nopen {path}")
     return 0

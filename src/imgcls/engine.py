@@ -471,6 +471,16 @@ def _fit(trainer: Trainer) -> dict:
         return trainer.fit()
     except checkpoint.WriteFailed as e:
         raise ImgclsError(f"{e}, then resume with `imgcls train --resume {trainer.run_dir}`") from None
+    except RuntimeError as e:
+        # A rank that died (killed, out of memory) fails the others' next collective: gloo's "Connection closed by
+        # peer", NCCL's errors (torch.distributed.DistError, or a RuntimeError naming the backend).
+        if not (trainer.group.active and (isinstance(e, torch.distributed.DistError) or "gloo" in str(e) or "NCCL" in str(e))):
+            raise
+        reason = str(e).split("] ")[-1].split(". ")[0]
+        raise ImgclsError(
+            f"another process of this run stopped ({reason}); the checkpoints written so far are kept: resume with "
+            f"`imgcls train --resume {trainer.run_dir}`"
+        ) from None
 
 
 def train(cfg: TrainConfig, out: str | None = None, on_step=None, loggers=()) -> tuple[Path, dict]:

@@ -21,6 +21,8 @@ from imgcls.errors import ImgclsError
 from imgcls.models import get_model_info
 from imgcls.runs import read_split, write_text
 
+EVAL_VALUES = 1 << 23  # input values per evaluation batch (32 MB of floats)
+
 
 @dataclass
 class EvalResult:
@@ -41,13 +43,15 @@ def predict_logits(
     images: torch.Tensor,
     mean: torch.Tensor,
     std: torch.Tensor,
-    batch_size: int = 1024,
+    batch_size: int | None = None,
     amp: torch.dtype | None = None,
     channels_last: bool = False,
     tta: bool = False,
 ) -> torch.Tensor:
     """Float32 logits for uint8 images, batch by batch on the model's device; with `tta`, the mean of
-    the logits of each image and its mirror image (for data where flips keep the class)."""
+    the logits of each image and its mirror image (for data where flips keep the class). Batches default to
+    EVAL_VALUES input values: 1,024 CIFAR images, 170 at 128 px, so that large images never make a batch of gigabytes."""
+    batch_size = batch_size or max(1, min(1024, EVAL_VALUES // max(1, images[0].numel() if len(images) else 1)))
     device = mean.device
     model.eval()
     out = []
@@ -106,7 +110,12 @@ def checkpoint_data(ckpt: dict, spec: str | None = None, data_dir: str | None = 
 
 
 def evaluate_checkpoint(
-    path: str | Path, spec: str | None = None, data_dir: str | None = None, split: str = "test", device: str = "auto", batch_size: int = 512
+    path: str | Path,
+    spec: str | None = None,
+    data_dir: str | None = None,
+    split: str = "test",
+    device: str = "auto",
+    batch_size: int | None = None,
 ) -> tuple[dict, Dataset, EvalResult]:
     """Load a run's best checkpoint (or a .pt file) and evaluate it on one split of its data (or `spec`)."""
     ckpt, where = checkpoint.load(path), pick_device(device)

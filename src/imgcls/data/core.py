@@ -62,25 +62,33 @@ def stratified_split(labels: torch.Tensor, fractions: Sequence[float], seed: int
     return [torch.cat(p).sort().values if p else torch.empty(0, dtype=torch.long) for p in parts]
 
 
-def hold_out(train: Split, fraction: float, seed: int) -> tuple[Split, Split]:
-    """Carve a stratified validation split out of train."""
-    keep, val = stratified_split(train.labels, [1 - fraction, fraction], seed)
+def hold_out_index(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices of the images kept for training and of a stratified validation split carved out of them."""
+    keep, val = stratified_split(labels, [1 - fraction, fraction], seed)
     if len(val) == 0 or len(keep) == 0:
         raise ImgclsError(
-            f"cannot hold out {fraction:.0%} of {len(train)} training images for validation: add images or provide a val/ folder"
+            f"cannot hold out {fraction:.0%} of {len(labels)} training images for validation: add images or provide a val/ folder"
         )
-    return train.subset(keep), train.subset(val)
+    return keep, val
+
+
+STATS_BYTES = 64 << 20  # channel_stats reads this many bytes of images at a time: the set may be larger than memory
 
 
 def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean and std of uint8 images in [0, 1] units, exactly, from a 256-bin histogram per channel
-    (no float copy of the whole set)."""
+    """Per-channel mean and std of uint8 images in [0, 1] units, exactly, from a 256-bin histogram per channel,
+    counted a chunk of images at a time (no float copy of the set, nor a whole copy of one channel)."""
+    counts = torch.zeros(images.shape[1], 256, dtype=torch.float64)
+    step = max(1, STATS_BYTES // max(1, images[0].numel()))
+    for start in range(0, len(images), step):
+        chunk = images[start : start + step]
+        for c in range(images.shape[1]):
+            counts[c] += torch.bincount(chunk[:, c].reshape(-1), minlength=256).double()
     values = torch.arange(256, dtype=torch.float64) / 255
     means, stds = [], []
-    for c in range(images.shape[1]):
-        counts = torch.bincount(images[:, c].reshape(-1), minlength=256).double()
-        mean = (counts * values).sum() / counts.sum()
-        var = (counts * (values - mean) ** 2).sum() / counts.sum()
+    for per_value in counts:
+        mean = (per_value * values).sum() / per_value.sum()
+        var = (per_value * (values - mean) ** 2).sum() / per_value.sum()
         means.append(round(mean.item(), 4))
         stds.append(round(max(var.sqrt().item(), 1e-3), 4))
     return tuple(means), tuple(stds)

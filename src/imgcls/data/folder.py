@@ -1,12 +1,11 @@
 """Image folders: class subfolders, optional train/val/test splits, decoded once and cached on disk."""
 
-import hashlib
-import json
 import multiprocessing
 import os
 import signal
 import sys
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -16,20 +15,20 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from imgcls.checkpoint import WriteFailed, atomic_save
+from imgcls.checkpoint import WriteFailed
+from imgcls.data import mapped
 from imgcls.data.core import Dataset, Split, channel_stats, stratified_split
 from imgcls.data.images import ImageReadError, is_grey, peek, read_image
 from imgcls.errors import ImgclsError
 from imgcls.interrupt import CtrlC
-from imgcls.paths import cache_dir
 
 SPLITS = ("train", "val", "test")
 FLAT_FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
 TEST_FRACTION = 0.2  # held out of train/ when a split folder has no test/
 DEFAULT_SIZE = 128  # square side for folders of mixed or large image sizes (on a CPU; training passes its own)
 MAX_NATIVE_SIZE = 256  # folders of one size up to this are kept at their own size
-CACHE_VERSION = 2  # 2: records the size a folder was resized to by default
-CHUNK = 256  # files per thread-pool task
+CHUNK = 256  # files per pool task
+CHUNK_BYTES = 16 << 20  # and at most this many decoded bytes per task: they wait in memory until written to the cache
 
 
 class Entry(NamedTuple):
@@ -135,13 +134,6 @@ def _warn_small_classes(classes: list[str], index: dict[str, torch.Tensor], labe
             print(f"warning: too few images to put any of {names} in {s}: {s} accuracy leaves {them} out; add images", file=sys.stderr)
 
 
-def _cache_key(root: Path, entries: list[Entry], channels, image_size) -> str:
-    """Changes when any file is added, removed or modified, or the decoding options change."""
-    h = hashlib.sha256(json.dumps([CACHE_VERSION, str(root.resolve()), channels, image_size]).encode())
-    h.update("".join(f"{e.rel}\0{e.size}\0{e.mtime_ns}\n" for e in entries).encode())
-    return h.hexdigest()[:32]
-
-
 def _pool(workers: int):
     """Worker processes where fork makes them cheap (Linux: the decoders are Python-bound, so threads
     contend for the GIL and ran slower than one thread); threads elsewhere."""
@@ -154,27 +146,34 @@ def _ignore_ctrl_c() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and cancels the rest
 
 
-def _map_chunks(fn, rels: list[str], desc: str) -> list:
-    """fn over chunks of CHUNK files, in parallel when there is more than one chunk, with a progress bar.
+def _map_chunks(fn, chunks: list[list[str]], desc: str) -> Iterator:
+    """fn over chunks of files in order, in parallel when there is more than one chunk, with a progress bar.
 
-    Chunks, not single files: handing out one task per file costs as much as decoding a 32x32 JPEG."""
-    chunks = [rels[i : i + CHUNK] for i in range(0, len(rels), CHUNK)]
+    Chunks, not single files: handing out one task per file costs as much as decoding a 32x32 JPEG. At most two
+    chunks per worker are in flight, so results wait in memory only until the caller has taken them (to disk)."""
     workers = min(8, os.cpu_count() or 1, len(chunks))
-    with tqdm(total=len(rels), desc=desc, unit="img", file=sys.stderr, disable=None if len(rels) > 2000 else True, leave=False) as bar:
+    with tqdm(
+        total=sum(map(len, chunks)), desc=desc, unit="img", file=sys.stderr, disable=None if len(chunks) > 8 else True, leave=False
+    ) as bar:
         if workers <= 1:
-            return [fn(chunk) for chunk in chunks]
-        results = []
+            for chunk in chunks:
+                yield fn(chunk)
+                bar.update(len(chunk))
+            return
         pool = _pool(workers)
         try:
             with CtrlC() as ctrl_c:
-                for chunk, result in zip(chunks, pool.map(fn, chunks)):
+                pending = deque(pool.submit(fn, chunk) for chunk in chunks[: 2 * workers])
+                for i, chunk in enumerate(chunks):
+                    result = pending.popleft().result()
                     if ctrl_c.pressed:
                         raise KeyboardInterrupt
-                    results.append(result)
+                    if i + 2 * workers < len(chunks):
+                        pending.append(pool.submit(fn, chunks[i + 2 * workers]))
                     bar.update(len(chunk))
+                    yield result
         finally:
             pool.shutdown(cancel_futures=True)
-    return results
 
 
 def _peek_chunk(root: Path, rels: list[str]) -> list:
@@ -215,11 +214,19 @@ def _target_size(root: Path, sizes: Counter, image_size: int | None, default_siz
     return default_size, default_size
 
 
-def decode(root: Path, rels: list[str], channels: int | None, image_size: int | None, default_size: int = DEFAULT_SIZE) -> dict:
-    """Decode files into one uint8 tensor; unreadable ones are listed in 'skipped' instead.
+class Plan(NamedTuple):
+    """What the header pass decided: the files to decode, into how many channels, at what size."""
 
-    A header pass first (mode and size, no pixels) decides the channel count and the common size."""
-    headers = [h for chunk in _map_chunks(partial(_peek_chunk, root), rels, "scanning") for h in chunk]
+    names: list[str]
+    channels: int
+    size: tuple[int, int]
+    skipped: list[str]  # "path: reason" for files that cannot be opened; decoding adds those it fails on
+    resized_to: int | None  # the side images were resized to for want of --image-size
+
+
+def plan(root: Path, rels: list[str], channels: int | None, image_size: int | None, default_size: int = DEFAULT_SIZE) -> Plan:
+    """A header pass (mode and size, no pixels) decides the channel count and the common size."""
+    headers = [h for chunk in _map_chunks(partial(_peek_chunk, root), _batched(rels, CHUNK), "scanning") for h in chunk]
     skipped = [f"{rel}: {h}" for rel, h in zip(rels, headers) if isinstance(h, str)]
     good = [(rel, h) for rel, h in zip(rels, headers) if not isinstance(h, str)]
     if not good:
@@ -227,36 +234,49 @@ def decode(root: Path, rels: list[str], channels: int | None, image_size: int | 
     if channels is None:
         channels = 1 if all(is_grey(mode) for _, (mode, _) in good) else 3
     size = _target_size(root, Counter(s for _, (_, s) in good), image_size, default_size)
-    names = [rel for rel, _ in good]
-    chunks = _map_chunks(partial(_read_chunk, root, channels, size), names, "decoding")
-    images = torch.from_numpy(np.concatenate([pixels for pixels, _ in chunks]))
-    failures = [f for _, chunk_failures in chunks for f in chunk_failures]
-    ok = [i for i, failure in enumerate(failures) if failure is None]
-    skipped += [f"{names[i]}: {failure}" for i, failure in enumerate(failures) if failure is not None]
-    if not ok:
-        raise ImgclsError(f"no readable images in {root} ({len(skipped)} files could not be decoded, e.g. {skipped[0]})")
     resized = size[0] if image_size is None and size == (default_size, default_size) else None
-    return {
-        "images": images[ok] if len(ok) < len(names) else images,
-        "files": [names[i] for i in ok],
-        "skipped": skipped,
-        "resized_to": resized,
-    }
+    return Plan([rel for rel, _ in good], channels, size, skipped, resized)
 
 
-def decode_cached(root: Path, rels: list[str], key: str, channels: int | None, image_size: int | None, default_size: int) -> dict:
-    path = cache_dir() / f"{key}.pt"
-    if path.exists():
-        try:
-            return torch.load(path, weights_only=True)
-        except Exception:  # noqa: BLE001 - a broken cache is rebuilt, never fatal
-            path.unlink(missing_ok=True)
-    decoded = decode(root, rels, channels, image_size, default_size)
+def decoded_rows(root: Path, p: Plan) -> Iterator[tuple[np.ndarray, list[str]]]:
+    """(pixels, their files) chunk by chunk, as p says: a folder's decode never holds more than a few chunks.
+    Files that fail to decode are left out and added to p.skipped."""
+    chunks = _batched(p.names, max(1, min(CHUNK, CHUNK_BYTES // (p.channels * p.size[0] * p.size[1]))))
+    for names, (pixels, failures) in zip(chunks, _map_chunks(partial(_read_chunk, root, p.channels, p.size), chunks, "decoding")):
+        p.skipped.extend(f"{name}: {failure}" for name, failure in zip(names, failures) if failure is not None)
+        ok = [i for i, failure in enumerate(failures) if failure is None]
+        yield (pixels if len(ok) == len(names) else pixels[ok]), [names[i] for i in ok]
+
+
+def _batched(rels: list[str], size: int) -> list[list[str]]:
+    return [rels[i : i + size] for i in range(0, len(rels), size)]
+
+
+def decode(root: Path, rels: list[str], channels: int | None, image_size: int | None, default_size: int = DEFAULT_SIZE) -> mapped.Stored:
+    """Decode files into memory (a cache folder that cannot be written); unreadable ones are listed in meta["skipped"]."""
+    p = plan(root, rels, channels, image_size, default_size)
+    return _found(root, mapped.in_memory(decoded_rows(root, p), (p.channels, *p.size), {"skipped": p.skipped, "resized_to": p.resized_to}))
+
+
+def _found(root: Path, stored: mapped.Stored) -> mapped.Stored:
+    if not stored.ids:
+        skipped = stored.meta["skipped"]
+        raise ImgclsError(f"no readable images in {root} ({len(skipped)} files could not be decoded, e.g. {skipped[0]})")
+    return stored
+
+
+def decode_cached(root: Path, rels: list[str], key: str, channels: int | None, image_size: int | None, default_size: int) -> mapped.Stored:
+    """The folder's decoded images from the cache, mapped; decoded into it first when it has none."""
+    stored = mapped.load(key)
+    if stored is not None:
+        return stored
+    p = plan(root, rels, channels, image_size, default_size)
+    meta = {"skipped": p.skipped, "resized_to": p.resized_to}  # skipped grows while decoding
     try:
-        atomic_save(decoded, path)
+        return _found(root, mapped.save(key, decoded_rows(root, p), (p.channels, *p.size), len(p.names), meta))
     except WriteFailed as e:  # a cache is an optimisation: without it the next run decodes again
         print(f"could not cache the decoded images, going on without: {e} (or set IMGCLS_CACHE to another folder)", file=sys.stderr)
-    return decoded
+        return decode(root, rels, channels, image_size, default_size)
 
 
 def _assign(labels: torch.Tensor, splits: list[str | None], seed: int, val_fraction: float) -> dict[str, torch.Tensor]:
@@ -288,30 +308,29 @@ def load_folder(
 ) -> Dataset:
     root = root.expanduser()
     classes, entries = scan(root)
-    key = _cache_key(root, entries, channels, image_size or f"default {default_size}")
-    decoded = decode_cached(root, [e.rel for e in entries], key, channels, image_size, default_size)
-    meta = {e.rel: (e.label, e.split) for e in entries}
-    files = decoded["files"]
-    labels = torch.tensor([meta[rel][0] for rel in files], dtype=torch.long)
-    if split_files is None:
-        index = _assign(labels, [meta[rel][1] for rel in files], seed, val_fraction)
-    else:
-        position = {rel: i for i, rel in enumerate(files)}
-        missing = [rel for part in split_files.values() for rel in part if rel not in position]
-        if missing:
-            raise ImgclsError(
-                f"the run's split.json lists {len(missing)} files no longer readable in {root} (e.g. {missing[0]}): restore them or start a new run"
-            )
-        index = {s: torch.tensor([position[rel] for rel in split_files.get(s, [])], dtype=torch.long) for s in SPLITS}
-    for s in SPLITS:
-        if len(index[s]) == 0:
-            raise ImgclsError(f"{root} leaves no images for the {s} split: add more images per class")
-    if split_files is None:  # a replayed split (resume, evaluate) is checked against the run's classes instead
-        train_top = root / "train" if (root / "train").is_dir() else root
-        _check_every_class_has_training_images(classes, labels[index["train"]].tolist(), train_top, "readable training images")
-        _warn_small_classes(classes, index, labels)
-    images = decoded["images"]
-    parts = {s: Split(images[index[s]], labels[index[s]]) for s in SPLITS}
+    key = mapped.cache_key(
+        str(root.resolve()), channels, image_size or f"default {default_size}", [(e.rel, e.size, e.mtime_ns) for e in entries]
+    )
+    with mapped.locked(key, str(root)):
+        stored = decode_cached(root, [e.rel for e in entries], key, channels, image_size, default_size)
+        meta = {e.rel: (e.label, e.split) for e in entries}
+        readable = set(stored.ids)
+        files = [e.rel for e in entries if e.rel in readable]
+        labels = torch.tensor([meta[rel][0] for rel in files], dtype=torch.long)
+        if split_files is None:
+            index = _assign(labels, [meta[rel][1] for rel in files], seed, val_fraction)
+        else:
+            index = _replayed(root, files, split_files)
+        for s in SPLITS:
+            if len(index[s]) == 0:
+                raise ImgclsError(f"{root} leaves no images for the {s} split: add more images per class")
+        if split_files is None:  # a replayed split (resume, evaluate) is checked against the run's classes instead
+            train_top = root / "train" if (root / "train").is_dir() else root
+            _check_every_class_has_training_images(classes, labels[index["train"]].tolist(), train_top, "readable training images")
+            _warn_small_classes(classes, index, labels)
+        names = {s: [files[i] for i in index[s].tolist()] for s in SPLITS}
+        images = mapped.arrange(stored, names)
+    parts = {s: Split(images[s], labels[index[s]]) for s in SPLITS}
     mean, std = channel_stats(parts["train"].images)
     return Dataset(
         name=root.resolve().name,
@@ -321,8 +340,19 @@ def load_folder(
         test=parts["test"],
         mean=mean,
         std=std,
-        flips_ok=images.shape[1] == 3,
-        skipped=decoded["skipped"],
-        split_files={s: [files[i] for i in index[s].tolist()] for s in SPLITS},
-        resized_to=decoded.get("resized_to"),
+        flips_ok=images["train"].shape[1] == 3,
+        skipped=stored.meta["skipped"],
+        split_files=names,
+        resized_to=stored.meta.get("resized_to"),
     )
+
+
+def _replayed(root: Path, files: list[str], split_files: dict[str, list[str]]) -> dict[str, torch.Tensor]:
+    """The indices of a run's saved split (split.json) among the readable files."""
+    position = {rel: i for i, rel in enumerate(files)}
+    missing = [rel for part in split_files.values() for rel in part if rel not in position]
+    if missing:
+        raise ImgclsError(
+            f"the run's split.json lists {len(missing)} files no longer readable in {root} (e.g. {missing[0]}): restore them or start a new run"
+        )
+    return {s: torch.tensor([position[rel] for rel in split_files.get(s, [])], dtype=torch.long) for s in SPLITS}

@@ -12,12 +12,28 @@ from imgcls.errors import ImgclsError
 from imgcls.paths import offline
 
 DIGITS = [str(d) for d in range(10)]
+SAMPLE = "mnist_sample.npz"
 CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
-@register_dataset("mnist-sample", "10,000 train + 2,000 test real MNIST digits shipped inside imgcls (works offline)")
+def _sample_file(_: Path) -> list[Path]:
+    return [Path(str(resources.files("imgcls.assets").joinpath(SAMPLE)))]
+
+
+def _mnist_files(root: Path) -> list[Path]:
+    return [
+        root / "MNIST" / "raw" / f"{name}-ubyte"
+        for name in ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")
+    ]
+
+
+def _cifar_files(root: Path) -> list[Path]:
+    return [root / "cifar-10-batches-py" / name for name in (*(f"data_batch_{i}" for i in range(1, 6)), "test_batch")]
+
+
+@register_dataset("mnist-sample", "10,000 train + 2,000 test real MNIST digits shipped inside imgcls (works offline)", _sample_file)
 def mnist_sample(_: Path) -> Source:
-    with resources.files("imgcls.assets").joinpath("mnist_sample.npz").open("rb") as f:
+    with resources.files("imgcls.assets").joinpath(SAMPLE).open("rb") as f:
         arrays = dict(np.load(f))
 
     def split(name: str) -> Split:
@@ -40,7 +56,7 @@ def _torchvision_split(cls, root: Path, train: bool, where: str, how: str):
         raise ImgclsError(f"{cls.__name__} not found in {where} and the download failed ({type(e).__name__}: {e}): {how}") from None
 
 
-@register_dataset("mnist", "MNIST handwritten digits, 60,000 train + 10,000 test, 1x28x28 (downloads to the data dir)")
+@register_dataset("mnist", "MNIST handwritten digits, 60,000 train + 10,000 test, 1x28x28 (downloads to the data dir)", _mnist_files)
 def mnist(root: Path) -> Source:
     from torchvision.datasets import MNIST  # imported on use: torchvision adds seconds to every start-up
 
@@ -54,7 +70,7 @@ def mnist(root: Path) -> Source:
     return Source(split(True), split(False), DIGITS, MNIST_MEAN, MNIST_STD, flips_ok=False)
 
 
-@register_dataset("cifar10", "CIFAR-10, 50,000 train + 10,000 test, 3x32x32, 10 classes (downloads to the data dir)")
+@register_dataset("cifar10", "CIFAR-10, 50,000 train + 10,000 test, 3x32x32, 10 classes (downloads to the data dir)", _cifar_files)
 def cifar10(root: Path) -> Source:
     from torchvision.datasets import CIFAR10
 
@@ -72,7 +88,7 @@ def cifar10(root: Path) -> Source:
 CIFAR2_CLASSES = ("airplane", "bird")
 
 
-@register_dataset("cifar2", "CIFAR-10 reduced to airplane vs bird (labels 0/1), 10,000 train + 2,000 test")
+@register_dataset("cifar2", "CIFAR-10 reduced to airplane vs bird (labels 0/1), 10,000 train + 2,000 test", _cifar_files)
 def cifar2(root: Path) -> Source:
     full = cifar10(root)
     keep = [CIFAR_CLASSES.index(c) for c in CIFAR2_CLASSES]

@@ -1,11 +1,16 @@
 """The dataset registry: named datasets, plus any image folder given as a path."""
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from imgcls.data.core import Dataset, Split, hold_out
+import torch
+
+from imgcls.checkpoint import WriteFailed
+from imgcls.data import mapped
+from imgcls.data.core import Dataset, Split, hold_out_index
 from imgcls.errors import ImgclsError
 from imgcls.paths import data_dir as resolve_data_dir
 
@@ -29,14 +34,15 @@ class DatasetInfo:
     name: str
     description: str
     load: Callable[[Path], Source]
+    files: Callable[[Path], list[Path]]  # what load reads under the data dir (or ships with imgcls): the cache is keyed on them
 
 
 DATASETS: dict[str, DatasetInfo] = {}
 
 
-def register_dataset(name: str, description: str):
+def register_dataset(name: str, description: str, files: Callable[[Path], list[Path]]):
     def wrap(fn: Callable[[Path], Source]) -> Callable[[Path], Source]:
-        DATASETS[name] = DatasetInfo(name, description, fn)
+        DATASETS[name] = DatasetInfo(name, description, fn, files)
         return fn
 
     return wrap
@@ -64,9 +70,7 @@ def load_dataset(
     folders whose images have mixed or large sizes, when image_size is None.
     """
     if spec in DATASETS:
-        src = DATASETS[spec].load(resolve_data_dir(data_dir))
-        train, val = hold_out(src.train, val_fraction, seed)
-        return Dataset(spec, src.classes, train, val, src.test, src.mean, src.std, src.flips_ok)
+        return load_named(DATASETS[spec], resolve_data_dir(data_dir), seed, val_fraction)
     if is_folder_spec(spec):
         from imgcls.data.folder import load_folder
 
@@ -80,3 +84,49 @@ def load_dataset(
 def dataset_name(spec: str) -> str:
     """Short name for run folders: the registry name, or the folder's own name."""
     return spec if spec in DATASETS else (Path(spec).resolve().name or "folder")
+
+
+def _named_key(info: DatasetInfo, root: Path) -> str | None:
+    """The cache entry of a named dataset's files as they are now; None while any is missing (not yet downloaded)."""
+    try:
+        stats = [(str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in info.files(root)]
+    except OSError:
+        return None
+    return mapped.cache_key("named", info.name, stats)
+
+
+def _stored(info: DatasetInfo, root: Path) -> mapped.Stored:
+    """The dataset's train and test images (rows 0..n-1 and n..) from the cache, loaded (downloaded) into it first when
+    it has none."""
+    key = _named_key(info, root)
+    stored = mapped.load(key) if key else None
+    if stored is not None:
+        return stored
+    src = info.load(root)
+    labels = torch.cat([src.train.labels, src.test.labels])
+    meta = {"labels": labels.tolist(), "train": len(src.train), "classes": src.classes, "mean": src.mean, "std": src.std,
+            "flips_ok": src.flips_ok}  # fmt: skip
+    shape = tuple(src.train.images.shape[1:])
+    rows = [(split.images.numpy(), list(range(start, start + len(split)))) for split, start in ((src.train, 0), (src.test, len(src.train)))]
+    key = _named_key(info, root)
+    try:
+        if key is not None:
+            return mapped.save(key, rows, shape, len(labels), meta)
+    except WriteFailed as e:
+        print(f"could not cache {info.name}, going on without: {e} (or set IMGCLS_CACHE to another folder)", file=sys.stderr)
+    return mapped.in_memory(rows, shape, meta)
+
+
+def load_named(info: DatasetInfo, root: Path, seed: int, val_fraction: float) -> Dataset:
+    """A named dataset with a validation split held out of its training images, each split a slice of the cache's mapping.
+    Under a lock, so that torchrun's workers load (and download) it once."""
+    with mapped.locked(mapped.cache_key("named", info.name, str(root.resolve())), info.name):
+        stored = _stored(info, root)
+        labels = torch.tensor(stored.meta["labels"])
+        n_train = stored.meta["train"]
+        keep, val = hold_out_index(labels[:n_train], val_fraction, seed)
+        index = {"train": keep, "val": val, "test": torch.arange(n_train, len(labels))}
+        images = mapped.arrange(stored, {s: i.tolist() for s, i in index.items()})
+    meta = stored.meta
+    train, val, test = (Split(images[s], labels[i]) for s, i in index.items())
+    return Dataset(info.name, meta["classes"], train, val, test, tuple(meta["mean"]), tuple(meta["std"]), meta["flips_ok"])

@@ -76,7 +76,7 @@ def _read_optional(path: Path) -> dict:
     return read_json(path) if path.exists() else {}
 
 
-def report_run(run: str | Path, data_dir: str | None = None, device: str = "auto", batch_size: int = 512) -> Path:
+def report_run(run: str | Path, data_dir: str | None = None, device: str = "auto", batch_size: int | None = None) -> Path:
     """Regenerate a run's plots and report.html from its best.pt, on the test split of its own data."""
     from imgcls.evaluation import evaluate_checkpoint
 
