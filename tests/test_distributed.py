@@ -96,6 +96,18 @@ def test_a_stopped_two_process_run_resumes_on_one_process():
     assert s["epochs_run"] == 8 and s["test_accuracy"] > 0.9
 
 
+def test_the_frozen_stage_on_two_processes_learns_the_head_one_process_learns():
+    """Each process computes the features of its shard and gathers the rest, so both train the one process's head."""
+    imgcls("train", "--epochs", "1", "--device", "cpu", "--out", "base")
+    tune = ["train", "--weights", "base", "--freeze-epochs", "3", "--epochs", "1", "--device", "cpu", "--precision", "fp32"]
+    imgcls(*tune, "--out", "one")
+    two = imgcls(*tune, "--nproc", "2", "--out", "two")
+    assert "frozen backbone: head trained 3 epochs" in two.stdout
+    one_stage, two_stage = summary("one")["frozen_stage"], summary("two")["frozen_stage"]
+    assert abs(one_stage["val_acc"] - two_stage["val_acc"]) <= 0.002, (one_stage, two_stage)  # at most 2 of the 1,000 val images
+    assert one_stage["val_acc"] > 0.9
+
+
 def rank_pid(root: int, rank: int) -> int | None:
     """The pid of the torchrun worker of this rank among root's descendants."""
     pending = [root]

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from imgcls import distributed
 from imgcls.data.augment import prepare
 from imgcls.device import autocast
 
@@ -51,23 +52,26 @@ def param_groups(model: nn.Module, head: nn.Module | None, lr: float, lr_mult: f
 @torch.no_grad()
 def features(trainer, head: nn.Linear, images: torch.Tensor, flip: bool) -> torch.Tensor | None:
     """The head's inputs for uint8 images (mirrored with flip), in eval mode, float32 on the device; None when a stop
-    was requested meanwhile."""
+    was requested meanwhile. Several processes each compute their shard and gather the rest."""
+    group = trainer.group
+    sharded = group.active and len(images) >= group.world
     captured = []
     hook = head.register_forward_pre_hook(lambda module, args: captured.append(args[0].float()))
     trainer.model.eval()
     try:
-        for chunk in images.split(trainer.cfg.batch_size):
+        for chunk in (images[distributed.shard(len(images), group)] if sharded else images).split(trainer.cfg.batch_size):
             x = prepare(chunk.to(trainer.device, non_blocking=True), trainer.mean, trainer.std)
             x = x.flip(3) if flip else x
             if trainer.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(trainer.device, trainer.amp):
                 trainer.model(x)
-            if trainer.stop_requested and not trainer.group.active:  # several processes stop together, in the epochs
+            if trainer.stop_requested and not group.active:  # several processes stop together, in the epochs
                 return None
     finally:
         hook.remove()
-    return torch.cat(captured).flatten(1)
+    found = torch.cat(captured).flatten(1)
+    return distributed.gather_rows(found, len(images), group) if sharded else found
 
 
 def train_head(trainer) -> dict | None:
