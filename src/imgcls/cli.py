@@ -48,6 +48,14 @@ def _add_setup(p) -> None:
         "--lr-mult", metavar="M", type=float, help="starting from weights: the first layers learn at lr/M, rising to lr at the head [100]"
     )
     p.add_argument("--dropout", metavar="P", type=float, help="dropout probability (mlp)")
+    p.add_argument("--hidden-size", metavar="N", type=int, help="units per layer and direction (rnn, lstm, gru) [128]")
+    p.add_argument("--layers", metavar="N", type=int, help="stacked recurrent layers (rnn, lstm, gru) [1]")
+    p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, help="also read the rows bottom to top (rnn, lstm, gru) [off]")
+    p.add_argument(
+        "--pool",
+        choices=["last", "mean", "max"],
+        help="into the classifier: the max or mean of the outputs over the rows, or the last hidden state (rnn, lstm, gru) [max]",
+    )
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="random augmentation of training batches [on]")
     p.add_argument("--crop-padding", metavar="PX", type=int, help="random shifts of up to this many pixels [recipe]")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, help="random horizontal flips [on, off for digits and greyscale]")
@@ -57,6 +65,12 @@ def _add_setup(p) -> None:
         metavar="F",
         type=float,
         help="random resized crops of at least this part of the area [recipe: fine-tuned photos 0.35, else 1: none]",
+    )
+    p.add_argument(
+        "--clip-grad",
+        metavar="NORM",
+        type=float,
+        help="clip each step's gradient norm to NORM; 0 = off [recipe: rnn, lstm, gru 1, others off]",
     )
     p.add_argument(
         "--precision", choices=["auto", "fp32", "bf16", "fp16"],
@@ -245,8 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 SETUP_KEYS = [
     "data", "data_dir", "recipe", "model", "batch_size", "optimizer", "weight_decay", "label_smoothing", "seed", "device",
-    "val_fraction", "image_size", "dropout", "augment", "crop_padding", "flip", "rotate", "crop_scale", "precision", "weights", "pretrained",
-    "lr_mult",
+    "val_fraction", "image_size", "dropout", "hidden_size", "layers", "bidirectional", "pool", "clip_grad", "augment", "crop_padding",
+    "flip", "rotate", "crop_scale", "precision", "weights", "pretrained", "lr_mult",
 ]  # fmt: skip
 TRAIN_KEYS = [*SETUP_KEYS, "epochs", "lr", "schedule", "patience", "tta", "compile", "freeze_epochs", "sync_bn"]
 

@@ -9,12 +9,15 @@ from imgcls.data.core import Dataset
 from imgcls.device import pick_device
 from imgcls.errors import ImgclsError
 from imgcls.models import MODELS, check_input, get_model_info, model_options
+from imgcls.models.recurrent import POOLS
 from imgcls.recipes import RECIPES, fine_tuning, recipe_settings
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("cosine", "onecycle", "step", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PRETRAINED = ("auto", "on", "off")
+# Options of the model's builder (imgcls.models), saved in checkpoints so that every later use rebuilds the same model.
+MODEL_OPTIONS = ("dropout", "hidden_size", "layers", "bidirectional", "pool")
 # For an optimizer other than the recipe's, whose tuned lr and decay would not fit it; the lr also for a model other
 # than the recipe's (its lr 0.2, tuned for speednet, left the tutorial cnn at 10-53% after 2 CIFAR-10 epochs over seeds,
 # against 47-48% at 0.05).
@@ -33,6 +36,9 @@ LIMITS = {
     "val_fraction": (float, lambda v: 0 < v < 1, "between 0 and 1"),
     "image_size": (int, lambda v: v >= 1, "positive"),
     "dropout": (float, lambda v: 0 <= v < 1, "in [0, 1)"),
+    "hidden_size": (int, lambda v: v >= 1, "positive"),
+    "layers": (int, lambda v: v >= 1, "positive"),
+    "clip_grad": (float, lambda v: 0 <= v < math.inf, "zero (off) or more and finite"),
     "crop_padding": (int, lambda v: v >= 0, "zero or more"),
     "rotate": (float, lambda v: 0 <= v <= 180, "between 0 and 180 degrees"),
     "crop_scale": (float, lambda v: 0 < v <= 1, "in (0, 1]"),
@@ -62,6 +68,10 @@ class TrainConfig:
     val_fraction: float = 0.1
     image_size: int | None = None
     dropout: float | None = None
+    hidden_size: int | None = None  # recurrent models: units per direction and layer
+    layers: int | None = None  # recurrent models: stacked layers
+    bidirectional: bool | None = None  # recurrent models: also read the rows bottom to top
+    pool: str | None = None  # recurrent models: last hidden state, or the mean or max of the outputs over the rows
     augment: bool = True
     crop_padding: int | None = None
     flip: bool | None = None
@@ -75,6 +85,7 @@ class TrainConfig:
     pretrained: str = "auto"  # the model's ImageNet weights (torchvision, timm); a run's config.json holds the outcome, on or off
     freeze_epochs: int | None = None  # starting from weights: epochs of the head alone (backbone frozen) before the rest
     lr_mult: float | None = None  # starting from weights: the first layers learn at lr / lr_mult, the head at lr
+    clip_grad: float | None = None  # largest gradient norm of a step (clip_grad_norm_); 0 = no clipping
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -92,7 +103,7 @@ class TrainConfig:
         )
 
     def model_options(self) -> dict:
-        return {} if self.dropout is None else {"dropout": self.dropout}
+        return {name: getattr(self, name) for name in MODEL_OPTIONS if getattr(self, name) is not None}
 
 
 def check(cfg: TrainConfig) -> None:
@@ -107,6 +118,7 @@ def check(cfg: TrainConfig) -> None:
         ("schedule", cfg.schedule, SCHEDULES),
         ("precision", cfg.precision, PRECISIONS),
         ("pretrained", cfg.pretrained, PRETRAINED),
+        ("pool", cfg.pool, POOLS),
     ):
         if value is not None and value not in choices:
             raise ImgclsError(f"unknown {name} '{value}': choose one of {', '.join(choices)}")
@@ -124,9 +136,13 @@ def check(cfg: TrainConfig) -> None:
         # Refused rather than warned about: CPU fp16 autocast has no fast kernels and trains ~90x slower than fp32,
         # so the run would look hung and a warning scrolls away; nothing is lost by asking for another precision.
         raise ImgclsError("--precision fp16 runs ~90x slower than fp32 on a CPU: use --precision auto (bf16 where the CPU has it) or fp32")
-    if cfg.dropout is not None and cfg.model is not None and "dropout" not in model_options(cfg.model):
-        with_dropout = [name for name in MODELS if "dropout" in model_options(name)]
-        raise ImgclsError(f"--dropout applies to: {', '.join(with_dropout)}; model '{cfg.model}' has no dropout option")
+    if cfg.bidirectional is not None and not isinstance(cfg.bidirectional, bool):
+        raise ImgclsError(f"--bidirectional must be true or false, got {cfg.bidirectional!r}")
+    for option in MODEL_OPTIONS:
+        if getattr(cfg, option) is not None and cfg.model is not None and option not in model_options(cfg.model):
+            flag = "--" + option.replace("_", "-")
+            takers = [name for name in MODELS if option in model_options(name)]
+            raise ImgclsError(f"{flag} applies to: {', '.join(takers)}; model '{cfg.model}' has no {option.replace('_', ' ')} option")
 
 
 def fill_defaults(cfg: TrainConfig, data: Dataset) -> TrainConfig:

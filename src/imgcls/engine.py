@@ -220,6 +220,10 @@ class Trainer:
             loss = F.cross_entropy(logits, y, label_smoothing=self.cfg.label_smoothing)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.cfg.clip_grad:
+            # On the true gradients, not the fp16 loss-scaled ones; under DDP they are already averaged, the same in every process.
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return y, logits, loss
@@ -410,7 +414,8 @@ def _describe(cfg: TrainConfig, data: Dataset, trainer: Trainer) -> str:
         f"model {cfg.model}: {num_params(trainer.model):,} params on {trainer.device}"
         f"{' (AMP ' + str(trainer.amp).removeprefix('torch.') + ')' if trainer.amp else ''}{', compiled' if cfg.compile else ''}\n"
         f"recipe {cfg.recipe}: {cfg.optimizer} lr {cfg.lr:g} wd {cfg.weight_decay:g}, {cfg.schedule} schedule, batch {cfg.batch_size}, "
-        f"{cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, label smoothing {cfg.label_smoothing:g}, augment: {cfg.augmentation().describe()}"
+        f"{cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, label smoothing {cfg.label_smoothing:g}{f', gradient norm clipped to {cfg.clip_grad:g}' if cfg.clip_grad else ''}, "
+        f"augment: {cfg.augmentation().describe()}"
         f"{', flip TTA' if cfg.tta else ''}"
     )
 
