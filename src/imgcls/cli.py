@@ -48,9 +48,17 @@ def _add_setup(p) -> None:
         "--lr-mult", metavar="M", type=float, help="starting from weights: the first layers learn at lr/M, rising to lr at the head [100]"
     )
     p.add_argument("--dropout", metavar="P", type=float, help="dropout probability (mlp)")
+    p.add_argument(
+        "--whiten", action=argparse.BooleanOptionalAction, help="speednet: frozen stem whitening 2x2 patches of the training images [off]"
+    )
+    p.add_argument("--dirac", action=argparse.BooleanOptionalAction, help="speednet: 3x3 convs initialised as the identity [off]")
+    p.add_argument("--bn-scale", action=argparse.BooleanOptionalAction, help="speednet: batch norms with a learnt scale [on]")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="random augmentation of training batches [on]")
     p.add_argument("--crop-padding", metavar="PX", type=int, help="random shifts of up to this many pixels [recipe]")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, help="random horizontal flips [on, off for digits and greyscale]")
+    p.add_argument(
+        "--alternate-flips", action=argparse.BooleanOptionalAction, help="with --flip: each image mirrored on every other epoch [off]"
+    )
     p.add_argument("--rotate", metavar="DEG", type=float, help="random rotation range in degrees [recipe: accurate digits 5, else 0]")
     p.add_argument(
         "--crop-scale",
@@ -82,6 +90,10 @@ def _add_train(sub) -> None:
         "--tta",
         action=argparse.BooleanOptionalAction,
         help="evaluate on each image and its mirror image [on where flips are, off for digits]",
+    )
+    p.add_argument("--tta-shift", metavar="PX", type=int, help="also evaluate on views shifted by +-PX pixels diagonally; 0 = off [0]")
+    p.add_argument(
+        "--ema", metavar="DECAY", type=float, help="evaluate and save an EMA of the weights with this decay (e.g. 0.99); 0 = off [0]"
     )
     p.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (pays off on GPUs for long runs) [off]"
@@ -246,9 +258,9 @@ def build_parser() -> argparse.ArgumentParser:
 SETUP_KEYS = [
     "data", "data_dir", "recipe", "model", "batch_size", "optimizer", "weight_decay", "label_smoothing", "seed", "device",
     "val_fraction", "image_size", "dropout", "augment", "crop_padding", "flip", "rotate", "crop_scale", "precision", "weights", "pretrained",
-    "lr_mult",
+    "lr_mult", "whiten", "dirac", "bn_scale", "alternate_flips",
 ]  # fmt: skip
-TRAIN_KEYS = [*SETUP_KEYS, "epochs", "lr", "schedule", "patience", "tta", "compile", "freeze_epochs", "sync_bn"]
+TRAIN_KEYS = [*SETUP_KEYS, "epochs", "lr", "schedule", "patience", "tta", "tta_shift", "ema", "compile", "freeze_epochs", "sync_bn"]
 
 
 def cmd_train(args) -> int:

@@ -38,7 +38,10 @@ LIMITS = {
     "crop_scale": (float, lambda v: 0 < v <= 1, "in (0, 1]"),
     "freeze_epochs": (int, lambda v: v >= 0, "zero or more"),
     "lr_mult": (float, lambda v: 1 <= v < math.inf, "1 or more and finite"),
+    "ema": (float, lambda v: 0 <= v < 1, "in [0, 1) (0 = off; e.g. 0.99)"),
+    "tta_shift": (int, lambda v: 0 <= v <= 4, "between 0 and 4 pixels"),
 }
+MODEL_SWITCHES = ("whiten", "dirac", "bn_scale")  # model options set by flags of their own (speednet's)
 
 
 @dataclass
@@ -68,6 +71,12 @@ class TrainConfig:
     rotate: float | None = None
     crop_scale: float | None = None  # random resized crops of at least this part of the image's area; 1 = none
     tta: bool | None = None  # evaluate on each image and its mirror image, averaging the logits
+    tta_shift: int | None = None  # also on those views shifted diagonally by +-this many pixels; 0 = off
+    alternate_flips: bool | None = None  # with flip: each image mirrored on every other epoch instead of at random
+    ema: float | None = None  # evaluate and save an EMA of the weights with this decay; 0 = off
+    whiten: bool | None = None  # speednet: a frozen stem that whitens 2x2 patches, set from the training images
+    dirac: bool | None = None  # speednet: 3x3 convs start as the identity
+    bn_scale: bool | None = None  # speednet: batch norms with a learnt scale (off: fixed at 1)
     precision: str = "auto"  # auto: bf16 autocast on GPUs and on CPUs with native bf16, else fp32
     compile: bool = False  # torch.compile the model for training
     sync_bn: bool = False  # several processes: batch-norm statistics over the global batch (SyncBatchNorm; CUDA only)
@@ -88,11 +97,12 @@ class TrainConfig:
         if not self.augment:
             return Augment()
         return Augment(
-            crop_padding=self.crop_padding or 0, flip=bool(self.flip), rotate=self.rotate or 0.0, crop_scale=self.crop_scale or 1.0
-        )
+            crop_padding=self.crop_padding or 0, flip=bool(self.flip), rotate=self.rotate or 0.0, crop_scale=self.crop_scale or 1.0,
+            alternate_flips=bool(self.alternate_flips),
+        )  # fmt: skip
 
     def model_options(self) -> dict:
-        return {} if self.dropout is None else {"dropout": self.dropout}
+        return {name: getattr(self, name) for name in ("dropout", *MODEL_SWITCHES) if getattr(self, name) is not None}
 
 
 def check(cfg: TrainConfig) -> None:
@@ -124,9 +134,11 @@ def check(cfg: TrainConfig) -> None:
         # Refused rather than warned about: CPU fp16 autocast has no fast kernels and trains ~90x slower than fp32,
         # so the run would look hung and a warning scrolls away; nothing is lost by asking for another precision.
         raise ImgclsError("--precision fp16 runs ~90x slower than fp32 on a CPU: use --precision auto (bf16 where the CPU has it) or fp32")
-    if cfg.dropout is not None and cfg.model is not None and "dropout" not in model_options(cfg.model):
-        with_dropout = [name for name in MODELS if "dropout" in model_options(name)]
-        raise ImgclsError(f"--dropout applies to: {', '.join(with_dropout)}; model '{cfg.model}' has no dropout option")
+    for option in cfg.model_options():
+        if cfg.model is not None and option not in model_options(cfg.model):
+            having = [name for name in MODELS if option in model_options(name)]
+            flag = "--" + option.replace("_", "-")
+            raise ImgclsError(f"{flag} applies to: {', '.join(having)}; model '{cfg.model}' has no {option} option")
 
 
 def fill_defaults(cfg: TrainConfig, data: Dataset) -> TrainConfig:
