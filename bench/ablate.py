@@ -1,8 +1,10 @@
 """Ablation of the speed methods (issue #13): each added alone to the fast recipe at a fixed epoch count, then all together.
 
-    IMGCLS_CACHE=/work/exp/speedcache python bench/ablate.py --data /work/shared/data/cifar10-jpeg --epochs 4
+    IMGCLS_CACHE=/work/exp/speedcache python bench/ablate.py --data /work/shared/data/cifar10-jpeg --epochs 3 --train-images 8000
 
 Test accuracy after a fixed number of epochs does not depend on how loaded the machine is; the seconds do (shared cores).
+--train-images trains every variant on the same N training images, drawn at random (the folder's are in class order),
+the whole test set still used: for a machine too loaded for full epochs.
 Shift TTA changes only evaluation: it is measured on the baseline's best.pt, both evaluations timed back to back.
 Prints a markdown table, then one JSON object as the last line.
 """
@@ -11,11 +13,15 @@ import argparse
 import json
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
+
+import torch
 
 from imgcls.checkpoint import load, load_model, normalisation
 from imgcls.config import TrainConfig
-from imgcls.engine import load_run_data, train
+from imgcls.data.core import Split
+from imgcls.engine import Trainer, load_run_data, setup
 from imgcls.evaluation import metrics, predict_logits
 
 VARIANTS = {  # in order of interest: a run cut short by time still has the first rows
@@ -54,14 +60,22 @@ def main() -> None:
     p.add_argument("--data", required=True)
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--train-images", type=int, help="train on N training images drawn at random (the same for every variant)")
+    p.add_argument("--batch-size", type=int, help="instead of the recipe's (a subset needs smaller batches for enough steps)")
     p.add_argument("--only", nargs="*", help="variant names to run (default: all)")
     args = p.parse_args()
     rows, out = [], Path(tempfile.mkdtemp(prefix="imgcls-ablate-"))
     for name, options in VARIANTS.items():
         if args.only and name not in args.only:
             continue
-        cfg = TrainConfig(data=args.data, epochs=args.epochs, seed=args.seed, **options)
-        run_dir, summary = train(cfg, out=str(out / str(len(rows))))
+        cfg, data, _ = setup(TrainConfig(data=args.data, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size, **options))
+        if args.train_images:
+            keep = torch.randperm(len(data.train), generator=torch.Generator().manual_seed(12345))[: args.train_images]
+            data = replace(data, train=Split(data.train.images[keep], data.train.labels[keep]))
+        run_dir = out / str(len(rows))
+        run_dir.mkdir()
+        print(f"{name}: {cfg.augmentation().describe()}, batch {cfg.batch_size}, {len(data.train)} train images", flush=True)
+        summary = Trainer(cfg, data, run_dir).fit()
         rows.append({"variant": name, "test_accuracy": summary["test_accuracy"], "train_seconds": summary["train_seconds"],
                      "images_per_second": summary["images_per_second"]})  # fmt: skip
         print(json.dumps(rows[-1]), flush=True)
