@@ -13,6 +13,7 @@ from imgcls.data.augment import Augment, alternating_flip, prepare
 from imgcls.engine import Interrupted, Trainer
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import predict_logits, shifted
+from imgcls.inference import Predictor
 from imgcls.models import create_model
 from imgcls.models.fast import PatchWhitening, init_from_data
 
@@ -129,6 +130,11 @@ def test_methods_round_trip_through_checkpoints(tmp_path):
     assert not all(torch.equal(averaged[k], v) for k, v in trained.items())
     model = checkpoint.load_model(best)
     assert isinstance(model[0], PatchWhitening) and not model[2][2].weight.requires_grad
+    # predict and serve average the same views as the run's evaluation
+    images = trainer.data.test.images
+    mean, std = checkpoint.normalisation(best)
+    want = predict_logits(model, images, mean, std, tta=True, tta_shift=1).softmax(1)
+    assert torch.allclose(Predictor.from_checkpoint(tmp_path / "run", device="cpu").probabilities(images), want, atol=1e-5)
 
 
 def test_a_resumed_run_continues_the_average(tmp_path):

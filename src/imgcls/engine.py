@@ -32,7 +32,7 @@ from imgcls.errors import ImgclsError
 from imgcls.evaluation import EvalResult, metrics, predict_logits, write_confusion_csv
 from imgcls.interrupt import STOP_SIGNALS, CtrlC
 from imgcls.models import check_input, create_model, get_model_info, num_params
-from imgcls.models.fast import init_from_data
+from imgcls.models.fast import data_initialised, init_from_data
 from imgcls.models.pretrained import pretrained_normalised, pretrained_weights
 from imgcls.models.weights import Weights, read_state_dict, transfer
 from imgcls.recipes import backbone
@@ -131,7 +131,7 @@ class Trainer:
         self.home = self.device if on_device else torch.device("cpu")
         self.train_images = data.train.images.to(self.home)
         self.train_labels = data.train.labels.to(self.home)
-        with torch.no_grad():
+        if data_initialised(self.model):  # normalising a sample of photos would cost gigabytes for nothing
             init_from_data(self.model, prepare(self.train_images[:DATA_INIT_IMAGES].to(self.device), self.mean, self.std))
         # After the data init: the average starts from the model's weights (and its first update copies them anyway).
         self.ema = WeightAverage(self.model, cfg.ema) if cfg.ema else None

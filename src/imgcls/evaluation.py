@@ -61,12 +61,17 @@ def predict_logits(
         x = prepare(images[start : start + batch_size].to(device, non_blocking=True), mean, std)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        views = [x, *(shifted(x, s) for s in (tta_shift, -tta_shift) if tta_shift)]
-        views += [v.flip(3) for v in views] if tta else []
+        views = tta_views(x, tta, tta_shift)
         with autocast(device, amp):
             logits = sum(model(v).float() for v in views) / len(views)
         out.append(logits)
     return torch.cat(out) if out else torch.empty(0)
+
+
+def tta_views(x: torch.Tensor, flip: bool, shift: int) -> list[torch.Tensor]:
+    """The batch, shifted by (+shift, +shift) and (-shift, -shift) pixels when shift > 0, and each of those mirrored with flip."""
+    views = [x, *(shifted(x, s) for s in (shift, -shift) if shift)]
+    return views + [v.flip(3) for v in views] if flip else views
 
 
 def shifted(x: torch.Tensor, shift: int) -> torch.Tensor:

@@ -58,9 +58,14 @@ class PatchWhitening(nn.Conv2d):
         self.bias.zero_()
 
 
+def data_initialised(model: nn.Module) -> list[nn.Module]:
+    """The layers that set their initial weights from training images (PatchWhitening)."""
+    return [m for m in model.modules() if hasattr(m, "init_from_data") and m is not model]
+
+
 def init_from_data(model: nn.Module, images: torch.Tensor) -> bool:
-    """Let every layer that learns its initial weights from training images (PatchWhitening) do so; whether any did."""
-    layers = [m for m in model.modules() if hasattr(m, "init_from_data") and m is not model]
+    """Let every layer that sets its initial weights from training images do so; whether any did."""
+    layers = data_initialised(model)
     for layer in layers:
         layer.init_from_data(images)
     return bool(layers)
