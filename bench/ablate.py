@@ -1,6 +1,6 @@
 """Ablation of the speed methods (issue #13): each added alone to the fast recipe at a fixed epoch count, then all together.
 
-    IMGCLS_CACHE=/work/exp/speedcache python bench/ablate.py --data /work/shared/data/cifar10-jpeg --epochs 3 --train-images 8000
+    IMGCLS_CACHE=/work/exp/speedcache python bench/ablate.py --data /work/shared/data/cifar10-jpeg --epochs 3 --train-images 6000 --batch-size 128
 
 Test accuracy after a fixed number of epochs does not depend on how loaded the machine is; the seconds do (shared cores).
 --train-images trains every variant on the same N training images, drawn at random (the folder's are in class order),
