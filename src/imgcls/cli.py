@@ -56,9 +56,17 @@ def _add_setup(p) -> None:
         choices=["last", "mean", "max"],
         help="into the classifier: the max or mean of the outputs over the rows, or the last hidden state (rnn, lstm, gru) [max]",
     )
+    p.add_argument(
+        "--whiten", action=argparse.BooleanOptionalAction, help="speednet: frozen stem whitening 2x2 patches of the training images [off]"
+    )
+    p.add_argument("--dirac", action=argparse.BooleanOptionalAction, help="speednet: 3x3 convs initialised as the identity [off]")
+    p.add_argument("--bn-scale", action=argparse.BooleanOptionalAction, help="speednet: batch norms with a learnt scale [on]")
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="random augmentation of training batches [on]")
     p.add_argument("--crop-padding", metavar="PX", type=int, help="random shifts of up to this many pixels [recipe]")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, help="random horizontal flips [on, off for digits and greyscale]")
+    p.add_argument(
+        "--alternate-flips", action=argparse.BooleanOptionalAction, help="with --flip: each image mirrored on every other epoch [off]"
+    )
     p.add_argument("--rotate", metavar="DEG", type=float, help="random rotation range in degrees [recipe: accurate digits 5, else 0]")
     p.add_argument(
         "--crop-scale",
@@ -96,6 +104,10 @@ def _add_train(sub) -> None:
         "--tta",
         action=argparse.BooleanOptionalAction,
         help="evaluate on each image and its mirror image [on where flips are, off for digits]",
+    )
+    p.add_argument("--tta-shift", metavar="PX", type=int, help="also evaluate on views shifted by +-PX pixels diagonally; 0 = off [0]")
+    p.add_argument(
+        "--ema", metavar="DECAY", type=float, help="evaluate and save an EMA of the weights with this decay (e.g. 0.99); 0 = off [0]"
     )
     p.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (pays off on GPUs for long runs) [off]"
@@ -260,9 +272,9 @@ def build_parser() -> argparse.ArgumentParser:
 SETUP_KEYS = [
     "data", "data_dir", "recipe", "model", "batch_size", "optimizer", "weight_decay", "label_smoothing", "seed", "device",
     "val_fraction", "image_size", "dropout", "hidden_size", "layers", "bidirectional", "pool", "clip_grad", "augment", "crop_padding",
-    "flip", "rotate", "crop_scale", "precision", "weights", "pretrained", "lr_mult",
+    "flip", "rotate", "crop_scale", "precision", "weights", "pretrained", "lr_mult", "whiten", "dirac", "bn_scale", "alternate_flips",
 ]  # fmt: skip
-TRAIN_KEYS = [*SETUP_KEYS, "epochs", "lr", "schedule", "patience", "tta", "compile", "freeze_epochs", "sync_bn"]
+TRAIN_KEYS = [*SETUP_KEYS, "epochs", "lr", "schedule", "patience", "tta", "tta_shift", "ema", "compile", "freeze_epochs", "sync_bn"]
 
 
 def cmd_train(args) -> int:
@@ -414,7 +426,7 @@ def cmd_evaluate(args) -> int:
     from imgcls.evaluation import evaluate_checkpoint, format_confusion, format_per_class, write_confusion_csv
     from imgcls.runs import write_json
 
-    positive("--batch-size", args.batch_size)
+    positive("--batch-size", args.batch_size, optional=True)
     out = writable("--out", args.out, folder=True)
     ckpt, data, result = evaluate_checkpoint(args.checkpoint, args.data, args.data_dir, args.split, args.device, args.batch_size)
     per_class = result.per_class_accuracy(data.classes)

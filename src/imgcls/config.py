@@ -17,7 +17,7 @@ SCHEDULES = ("cosine", "onecycle", "step", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PRETRAINED = ("auto", "on", "off")
 # Options of the model's builder (imgcls.models), saved in checkpoints so that every later use rebuilds the same model.
-MODEL_OPTIONS = ("dropout", "hidden_size", "layers", "bidirectional", "pool")
+MODEL_OPTIONS = ("dropout", "hidden_size", "layers", "bidirectional", "pool", "whiten", "dirac", "bn_scale")  # what the model builders take
 # For an optimizer other than the recipe's, whose tuned lr and decay would not fit it; the lr also for a model other
 # than the recipe's (its lr 0.2, tuned for speednet, left the tutorial cnn at 10-53% after 2 CIFAR-10 epochs over seeds,
 # against 47-48% at 0.05).
@@ -44,6 +44,8 @@ LIMITS = {
     "crop_scale": (float, lambda v: 0 < v <= 1, "in (0, 1]"),
     "freeze_epochs": (int, lambda v: v >= 0, "zero or more"),
     "lr_mult": (float, lambda v: 1 <= v < math.inf, "1 or more and finite"),
+    "ema": (float, lambda v: 0 <= v < 1, "in [0, 1) (0 = off; e.g. 0.99)"),
+    "tta_shift": (int, lambda v: 0 <= v <= 4, "between 0 and 4 pixels"),
 }
 
 
@@ -78,6 +80,12 @@ class TrainConfig:
     rotate: float | None = None
     crop_scale: float | None = None  # random resized crops of at least this part of the image's area; 1 = none
     tta: bool | None = None  # evaluate on each image and its mirror image, averaging the logits
+    tta_shift: int | None = None  # also on those views shifted diagonally by +-this many pixels; 0 = off
+    alternate_flips: bool | None = None  # with flip: each image mirrored on every other epoch instead of at random
+    ema: float | None = None  # evaluate and save an EMA of the weights with this decay; 0 = off
+    whiten: bool | None = None  # speednet: a frozen stem that whitens 2x2 patches, set from the training images
+    dirac: bool | None = None  # speednet: 3x3 convs start as the identity
+    bn_scale: bool | None = None  # speednet: batch norms with a learnt scale (off: fixed at 1)
     precision: str = "auto"  # auto: bf16 autocast on GPUs and on CPUs with native bf16, else fp32
     compile: bool = False  # torch.compile the model for training
     sync_bn: bool = False  # several processes: batch-norm statistics over the global batch (SyncBatchNorm; CUDA only)
@@ -99,8 +107,9 @@ class TrainConfig:
         if not self.augment:
             return Augment()
         return Augment(
-            crop_padding=self.crop_padding or 0, flip=bool(self.flip), rotate=self.rotate or 0.0, crop_scale=self.crop_scale or 1.0
-        )
+            crop_padding=self.crop_padding or 0, flip=bool(self.flip), rotate=self.rotate or 0.0, crop_scale=self.crop_scale or 1.0,
+            alternate_flips=bool(self.alternate_flips),
+        )  # fmt: skip
 
     def model_options(self) -> dict:
         return {name: getattr(self, name) for name in MODEL_OPTIONS if getattr(self, name) is not None}

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from imgcls import checkpoint, distributed, finetune
+from imgcls.averaging import WeightAverage
 from imgcls.config import TrainConfig, check, fill_defaults
 from imgcls.data import dataset_name, load_dataset
 from imgcls.data.augment import prepare
@@ -31,6 +32,7 @@ from imgcls.errors import ImgclsError
 from imgcls.evaluation import EvalResult, metrics, predict_logits, write_confusion_csv
 from imgcls.interrupt import STOP_SIGNALS, CtrlC
 from imgcls.models import check_input, create_model, get_model_info, num_params
+from imgcls.models.fast import data_initialised, init_from_data
 from imgcls.models.pretrained import pretrained_normalised, pretrained_weights
 from imgcls.models.weights import Weights, read_state_dict, transfer
 from imgcls.recipes import backbone
@@ -40,6 +42,7 @@ SYNC_EVERY = 10  # steps between reading statistics back from the device (and ch
 LOG_EVERY = 60.0  # seconds between progress lines when there is no terminal for a progress bar
 DEVICE_DATA_LIMIT = 4 * 2**30  # datasets up to this size live on the GPU for the whole run
 CPU_IMAGE_SIZE, GPU_IMAGE_SIZE = 128, 224  # the side of photo folders without --image-size
+DATA_INIT_IMAGES = 2048  # training images that layers set from data (a whitening stem) see: its 12x12 covariance settles long before
 
 
 class Interrupted(Exception):
@@ -128,6 +131,10 @@ class Trainer:
         self.home = self.device if on_device else torch.device("cpu")
         self.train_images = data.train.images.to(self.home)
         self.train_labels = data.train.labels.to(self.home)
+        if data_initialised(self.model):  # normalising a sample of photos would cost gigabytes for nothing
+            init_from_data(self.model, prepare(self.train_images[:DATA_INIT_IMAGES].to(self.device), self.mean, self.std))
+        # After the data init: the average starts from the model's weights (and its first update copies them anyway).
+        self.ema = WeightAverage(self.model, cfg.ema) if cfg.ema else None
         self.progress = Progress()
         self.stop_requested = False
         self.stop_signal = signal.SIGINT
@@ -148,8 +155,14 @@ class Trainer:
             "state_dict": state_dict,
         }
 
-    def _weights(self) -> dict:
-        return {k: v.detach().to("cpu", memory_format=torch.contiguous_format) for k, v in self.model.state_dict().items()}
+    @property
+    def evaluated(self) -> nn.Module:
+        """The model validated, tested and saved as best.pt: the weight average once it has one, else the trained model."""
+        return self.ema.module if self.ema and self.ema.updates else self.model
+
+    def _weights(self, model: nn.Module | None = None) -> dict:
+        state = (model or self.model).state_dict()
+        return {k: v.detach().to("cpu", memory_format=torch.contiguous_format) for k, v in state.items()}
 
     def save_last(self) -> None:
         """The run's whole state in last.pt, written by rank 0 alone (the weights are the same in every process)."""
@@ -162,6 +175,7 @@ class Trainer:
             scaler=self.scaler.state_dict(),
             rng={"torch": torch.get_rng_state(), "augment": self.generator.get_state().cpu()},
             progress=asdict(self.progress),
+            ema=self.ema.state_dict() if self.ema else None,
         )
         if self.device.type == "cuda":
             payload["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -178,6 +192,8 @@ class Trainer:
             ) from None
         if self.scheduler and ckpt.get("scheduler"):
             self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.ema and ckpt.get("ema"):
+            self.ema.load_state_dict(ckpt["ema"])
         if ckpt["scaler"]:  # empty when saved without fp16 loss scaling (on CPU, or a bf16 GPU)
             self.scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["rng"]["torch"])
@@ -198,7 +214,10 @@ class Trainer:
     def _eval(self, split: Split) -> EvalResult:
         """Each process predicts its shard of the split; the metrics come from all the logits, the same on every rank."""
         images = split.images[distributed.shard(len(split), self.group)]  # a view: the whole split for one process
-        logits = predict_logits(self.model, images, self.mean, self.std, amp=self.amp, channels_last=self.channels_last, tta=self.cfg.tta)
+        logits = predict_logits(
+            self.evaluated, images, self.mean, self.std, amp=self.amp, channels_last=self.channels_last, tta=self.cfg.tta,
+            tta_shift=self.cfg.tta_shift or 0,
+        )  # fmt: skip
         return metrics(distributed.gather_rows(logits, len(split), self.group), split.labels, self.data.num_classes)
 
     def batches(self, epoch: int) -> list[torch.Tensor]:
@@ -212,7 +231,7 @@ class Trainer:
         """One optimizer step on the training images at idx: their labels, logits and loss, left on the device."""
         x = self.train_images[idx].to(self.device, non_blocking=True)
         y = self.train_labels[idx].to(self.device, non_blocking=True)
-        x = prepare(x, self.mean, self.std, self.augment, self.generator)
+        x = prepare(x, self.mean, self.std, self.augment, self.generator, index=idx, epoch=self.progress.epoch)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp):
@@ -226,6 +245,8 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.clip_grad)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if self.ema:
+            self.ema.update(self.model)
         return y, logits, loss
 
     def train_epoch(self) -> None:
@@ -308,7 +329,7 @@ class Trainer:
         if improved:
             p.best_val_accuracy, p.best_epoch, p.stale_epochs = val.accuracy, p.epoch, 0
             if self.group.main:
-                checkpoint.atomic_save(self._payload(self._weights()), self.run_dir / "best.pt")
+                checkpoint.atomic_save(self._payload(self._weights(self.evaluated)), self.run_dir / "best.pt")
         else:
             p.stale_epochs += 1
         p.finished = p.epoch >= cfg.epochs or (cfg.patience > 0 and p.stale_epochs >= cfg.patience)
@@ -338,7 +359,7 @@ class Trainer:
         p = self.progress
         distributed.barrier(self.group)  # best.pt is rank 0's to write
         best = checkpoint.load(self.run_dir / "best.pt")
-        self.model.load_state_dict(best["state_dict"])
+        self.evaluated.load_state_dict(best["state_dict"])
         test = self._eval(self.data.test)
         if self.group.main:
             write_confusion_csv(test.confusion, self.data.classes, self.run_dir / "confusion_matrix.csv")
@@ -416,7 +437,7 @@ def _describe(cfg: TrainConfig, data: Dataset, trainer: Trainer) -> str:
         f"recipe {cfg.recipe}: {cfg.optimizer} lr {cfg.lr:g} wd {cfg.weight_decay:g}, {cfg.schedule} schedule, batch {cfg.batch_size}, "
         f"{cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, label smoothing {cfg.label_smoothing:g}{f', gradient norm clipped to {cfg.clip_grad:g}' if cfg.clip_grad else ''}, "
         f"augment: {cfg.augmentation().describe()}"
-        f"{', flip TTA' if cfg.tta else ''}"
+        f"{', flip TTA' if cfg.tta else ''}{f', shift TTA ±{cfg.tta_shift}' if cfg.tta_shift else ''}{f', EMA {cfg.ema:g}' if cfg.ema else ''}"
     )
 
 

@@ -47,9 +47,11 @@ def predict_logits(
     amp: torch.dtype | None = None,
     channels_last: bool = False,
     tta: bool = False,
+    tta_shift: int = 0,
 ) -> torch.Tensor:
     """Float32 logits for uint8 images, batch by batch on the model's device; with `tta`, the mean of
-    the logits of each image and its mirror image (for data where flips keep the class). Batches default to
+    the logits of each image and its mirror image (for data where flips keep the class); with `tta_shift`, also of
+    those views shifted by (+s, +s) and (-s, -s) pixels (edges reflected): 3x the views (airbench's multi-crop). Batches default to
     EVAL_VALUES input values: 1,024 CIFAR images, 170 at 128 px, so that large images never make a batch of gigabytes."""
     batch_size = batch_size or max(1, min(1024, EVAL_VALUES // max(1, images[0].numel() if len(images) else 1)))
     device = mean.device
@@ -59,12 +61,25 @@ def predict_logits(
         x = prepare(images[start : start + batch_size].to(device, non_blocking=True), mean, std)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        views = tta_views(x, tta, tta_shift)
         with autocast(device, amp):
-            logits = model(x).float()
-            if tta:
-                logits = (logits + model(x.flip(3)).float()) / 2
+            logits = sum(model(v).float() for v in views) / len(views)
         out.append(logits)
     return torch.cat(out) if out else torch.empty(0)
+
+
+def tta_views(x: torch.Tensor, flip: bool, shift: int) -> list[torch.Tensor]:
+    """The batch, shifted by (+shift, +shift) and (-shift, -shift) pixels when shift > 0, and each of those mirrored with flip."""
+    views = [x, *(shifted(x, s) for s in (shift, -shift) if shift)]
+    return views + [v.flip(3) for v in views] if flip else views
+
+
+def shifted(x: torch.Tensor, shift: int) -> torch.Tensor:
+    """The images moved `shift` pixels down and right (up and left when negative), the edge reflected into the gap."""
+    s = abs(shift)
+    padded = F.pad(x, (s, s, s, s), mode="reflect")
+    start = s - shift  # the window that puts pixel (i, j) of x at (i + shift, j + shift)
+    return padded[..., start : start + x.shape[-2], start : start + x.shape[-1]]
 
 
 def confusion_matrix(labels: torch.Tensor, predictions: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -127,7 +142,12 @@ def evaluate_checkpoint(
     channels_last = use_channels_last(where, get_model_info(ckpt["model"]).convolutional)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    settings = dict(tta=bool(cfg.get("tta")), amp=amp_dtype(where, cfg.get("precision", "auto")), channels_last=channels_last)
+    settings = dict(
+        tta=bool(cfg.get("tta")),
+        tta_shift=cfg.get("tta_shift") or 0,
+        amp=amp_dtype(where, cfg.get("precision", "auto")),
+        channels_last=channels_last,
+    )
     return ckpt, data, evaluate(model, getattr(data, split), mean, std, data.num_classes, batch_size=batch_size, **settings)
 
 

@@ -171,6 +171,7 @@ def export(
         "model_options": ckpt.get("model_options", {}), "classes": ckpt["classes"], "in_shape": ckpt["in_shape"],
         "mean": ckpt["mean"], "std": ckpt["std"], "preprocessing": PREPROCESSING,
         "tta": bool(ckpt["config"].get("tta")),  # the run averaged each image's logits with its mirror image's
+        "tta_shift": ckpt["config"].get("tta_shift") or 0,  # and with those of its views shifted by +-this many pixels
         "input": {"name": "images", "shape": ["batch", *ckpt["in_shape"]], "dtype": "float32"},
         "output": {"name": "logits", "shape": ["batch", len(ckpt["classes"])], "dtype": "float32"},
         "checkpoint": str(ckpt_path), "epoch": ckpt.get("epoch"), "torch": torch.__version__,

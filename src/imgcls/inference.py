@@ -20,6 +20,7 @@ from imgcls.data.augment import prepare
 from imgcls.data.images import ImageReadError, load_image, read_image
 from imgcls.device import pick_device
 from imgcls.errors import ImgclsError
+from imgcls.evaluation import tta_views
 from imgcls.export import exported_path, onnx_session, read_metadata
 
 BACKENDS = ("torch", "onnx")
@@ -39,6 +40,7 @@ class Predictor:
         self.device = device
         self.mean, self.std = normalisation(meta, device)
         self.tta = bool(meta["tta"] if "tta" in meta else meta.get("config", {}).get("tta"))  # predict as the run evaluated
+        self.tta_shift = int(meta["tta_shift"] if "tta_shift" in meta else meta.get("config", {}).get("tta_shift") or 0)
         self._forward = forward
 
     @classmethod
@@ -92,9 +94,8 @@ class Predictor:
         out = []
         for start in range(0, len(images), batch_size):
             x = prepare(images[start : start + batch_size].to(self.device), self.mean, self.std)
-            logits = self._forward(x)
-            if self.tta:
-                logits = (logits + self._forward(x.flip(3))) / 2
+            views = tta_views(x, self.tta, self.tta_shift)
+            logits = sum(self._forward(v) for v in views) / len(views)
             out.append(logits.softmax(1).cpu())
         return torch.cat(out) if out else torch.empty(0, len(self.classes))
 

@@ -18,6 +18,7 @@ from imgcls.errors import ImgclsError
 class Augment:
     crop_padding: int = 0  # random crop of the zero-padded image, i.e. shifts of up to this many pixels
     flip: bool = False  # horizontal flip with probability 1/2
+    alternate_flips: bool = False  # with flip: each image mirrored on every other epoch instead of at random
     rotate: float = 0.0  # uniform rotation in [-rotate, +rotate] degrees
     crop_scale: float = 1.0  # smallest area fraction of a random resized crop; 1.0 = off
 
@@ -27,7 +28,7 @@ class Augment:
 
     def describe(self) -> str:
         parts = [f"crop±{self.crop_padding}"] if self.crop_padding else []
-        parts += ["flip"] if self.flip else []
+        parts += [("alternating " if self.alternate_flips else "") + "flip"] if self.flip else []
         parts += [f"resized crop {self.crop_scale * 100:g}-100%"] if self.crop_scale < 1 else []
         parts += [f"rotate±{self.rotate:g}°"] if self.rotate else []
         return ", ".join(parts) or "none"
@@ -48,6 +49,14 @@ def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) 
 
 def random_flip(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     flip = torch.rand(images.shape[0], generator=generator, device=generator.device).to(images.device) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(3), images)
+
+
+def alternating_flip(images: torch.Tensor, index: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Images mirrored where (a fixed pseudo-random bit of their dataset index + epoch) is odd: every image is seen both
+    ways in any two consecutive epochs, half of them mirrored in each, where random flips repeat a side a quarter of the time."""
+    bit = (index.to(images.device, torch.int64) * 2654435761 >> 16) & 1  # Knuth's multiplicative hash: a spread of bits
+    flip = (bit + epoch) % 2 == 1
     return torch.where(flip[:, None, None, None], images.flip(3), images)
 
 
@@ -94,15 +103,26 @@ def random_resized_crop(images: torch.Tensor, min_scale: float, generator: torch
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def prepare(images: torch.Tensor, mean, std, aug: Augment | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+def prepare(
+    images: torch.Tensor,
+    mean,
+    std,
+    aug: Augment | None = None,
+    generator: torch.Generator | None = None,
+    index: torch.Tensor | None = None,
+    epoch: int = 0,
+) -> torch.Tensor:
     """uint8 batch -> augmented, normalised float batch. Shifts and flips run on uint8 (cheaper); resized crops and rotation on float.
+    Alternating flips need the images' dataset `index` and the `epoch`.
 
     Zero padding and zero fill happen before normalisation, so empty borders are black as in torchvision's RandomCrop.
     """
     if aug is not None and aug.active:
         if aug.crop_padding > 0:
             images = random_crop(images, aug.crop_padding, generator)
-        if aug.flip:
+        if aug.flip and aug.alternate_flips:
+            images = alternating_flip(images, index, epoch)
+        elif aug.flip:
             images = random_flip(images, generator)
     x = images.float().div_(255)
     if aug is not None and aug.crop_scale < 1:

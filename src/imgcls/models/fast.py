@@ -7,23 +7,77 @@ goes into 3x3 convolutions on small feature maps, which run efficiently on both 
 
 import math
 
+import torch
 import torch.nn as nn
 
 from imgcls.models.registry import register_model
 
 
-def conv_bn(cin: int, cout: int, kernel: int = 3, stride: int = 1, act: type[nn.Module] = nn.GELU) -> list[nn.Module]:
-    return [nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout), act()]
+def norm(channels: int, scale: bool = True) -> nn.BatchNorm2d:
+    """Batch norm; without `scale` its weight stays 1 (airbench's choice: the following conv can learn any scale itself)."""
+    bn = nn.BatchNorm2d(channels)
+    bn.weight.requires_grad_(scale)
+    return bn
+
+
+def conv_bn(
+    cin: int, cout: int, kernel: int = 3, stride: int = 1, act: type[nn.Module] = nn.GELU, bn_scale: bool = True
+) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False), norm(cout, bn_scale), act()]
 
 
 class ConvGroup(nn.Sequential):
     """conv > max-pool > BN > GELU > conv > BN > GELU: pooling before the norm halves the work of the norm and activation."""
 
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, bn_scale: bool = True):
         super().__init__(
-            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(cout), nn.GELU(),
-            *conv_bn(cout, cout),
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.MaxPool2d(2), norm(cout, bn_scale), nn.GELU(),
+            *conv_bn(cout, cout, bn_scale=bn_scale),
         )  # fmt: skip
+
+
+class PatchWhitening(nn.Conv2d):
+    """A frozen conv whose filters whiten the image's k x k patches: the eigenvectors of their covariance over training
+    images, each scaled by 1/sqrt(eigenvalue + eps) and also negated (so a following GELU keeps both signs), 2*c*k*k
+    channels. Set by init_from_data; until then it holds PyTorch's random init. Its bias still learns."""
+
+    def __init__(self, cin: int, kernel: int = 2, stride: int = 1, eps: float = 5e-4):
+        super().__init__(cin, 2 * cin * kernel * kernel, kernel, stride=stride, bias=True)
+        self.eps = eps
+        self.weight.requires_grad_(False)
+
+    @torch.no_grad()
+    def init_from_data(self, images: torch.Tensor) -> None:
+        """images: normalised float N x C x H x W training images."""
+        k, s = self.kernel_size[0], self.stride[0]
+        patches = images.float().unfold(2, k, s).unfold(3, k, s)  # N, C, H', W', k, k
+        patches = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, self.in_channels * k * k)
+        values, vectors = torch.linalg.eigh(torch.cov(patches.T).double())
+        filters = (vectors.T / (values.clamp(min=0) + self.eps).sqrt()[:, None]).flip(0)  # largest eigenvalue first
+        self.weight.copy_(torch.cat([filters, -filters]).view_as(self.weight).to(self.weight))
+        self.bias.zero_()
+
+
+def data_initialised(model: nn.Module) -> list[nn.Module]:
+    """The layers that set their initial weights from training images (PatchWhitening)."""
+    return [m for m in model.modules() if hasattr(m, "init_from_data") and m is not model]
+
+
+def init_from_data(model: nn.Module, images: torch.Tensor) -> bool:
+    """Let every layer that sets its initial weights from training images do so; whether any did."""
+    layers = data_initialised(model)
+    for layer in layers:
+        layer.init_from_data(images)
+    return bool(layers)
+
+
+def dirac_init(model: nn.Module) -> None:
+    """Each 3x3 conv starts as the identity on its first in-channels (the rest keep their random init): a deep net then starts
+    close to a shallow one, which trains fast from the first steps (airbench)."""
+    for m in model.modules():
+        if type(m) is nn.Conv2d and m.kernel_size == (3, 3) and m.out_channels >= m.in_channels and m.groups == 1:
+            with torch.no_grad():
+                nn.init.dirac_(m.weight[: m.in_channels])
 
 
 def _stem_stride(side: int) -> int:
@@ -34,15 +88,27 @@ def _stem_stride(side: int) -> int:
 @register_model(
     "speednet", "fast BN-CNN: stem > 3 conv groups (32/128/128) > max-pool > linear; the fast recipe's net for colour images", min_size=8
 )
-def speednet(in_shape, num_classes, widths: tuple[int, int, int] = (32, 128, 128)) -> nn.Module:
+def speednet(
+    in_shape, num_classes, widths: tuple[int, int, int] = (32, 128, 128), whiten: bool = False, dirac: bool = False, bn_scale: bool = True
+) -> nn.Module:
+    """whiten: a frozen patch-whitening stem (PatchWhitening, set from the training images) instead of a learnt conv;
+    dirac: identity-initialised 3x3 convs; bn_scale=False: batch norms without a learnt scale."""
     c, h, w = in_shape
     stride = _stem_stride(min(h, w))
-    stem = widths[0] // 2
-    return nn.Sequential(
-        *conv_bn(c, stem, kernel=max(3, stride), stride=stride),
-        ConvGroup(stem, widths[0]), ConvGroup(widths[0], widths[1]), ConvGroup(widths[1], widths[2]),
+    if whiten:
+        kernel = max(2, stride)
+        stem_layers, stem = [PatchWhitening(c, kernel, stride), nn.GELU()], 2 * c * kernel * kernel
+    else:
+        stem = widths[0] // 2
+        stem_layers = conv_bn(c, stem, kernel=max(3, stride), stride=stride, bn_scale=bn_scale)
+    model = nn.Sequential(
+        *stem_layers,
+        ConvGroup(stem, widths[0], bn_scale), ConvGroup(widths[0], widths[1], bn_scale), ConvGroup(widths[1], widths[2], bn_scale),
         nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(widths[2], num_classes),
     )  # fmt: skip
+    if dirac:
+        dirac_init(model)
+    return model
 
 
 class FlattenChannelsLast(nn.Module):
