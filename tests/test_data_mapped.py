@@ -1,5 +1,6 @@
 """The decoded-image cache, memory-mapped: splits are views of one file, shared by processes, larger than memory."""
 
+import json
 import subprocess
 import sys
 import threading
@@ -129,7 +130,7 @@ sys.exit(imgcls.cli.main(sys.argv[3:]))
 """
 
 
-@pytest.mark.slow  # a minute or more: 4,000 files decoded at 256 px and an epoch on them
+@pytest.mark.slow  # 20 s on an idle machine, minutes on a loaded one: 4,000 files decoded at 256 px and an epoch on them
 def test_a_folder_larger_than_the_memory_it_may_use_decodes_and_trains(tmp_path):
     root = tmp_path / "big"
     rng = np.random.default_rng(0)
@@ -146,5 +147,5 @@ def test_a_folder_larger_than_the_memory_it_may_use_decodes_and_trains(tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     [rows] = cache_files(tmp_path, ".u8")
     assert rows.stat().st_size == size
-    summary = (tmp_path / "r" / "summary.json").read_text()
-    assert '"test_acc": 1.0' in summary or '"test_acc": 0.9' in summary, summary
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["test_accuracy"] > 0.9, summary
