@@ -171,17 +171,26 @@ def _pack(low: torch.Tensor) -> torch.Tensor:
 def dct_hash(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The perceptual hash of each image, of its mirror image, and of its centre zoomed in by each of ZOOMS[1:] (N x
     len(ZOOMS) - 1): a crop moves the low frequencies the hash holds, so a cropped copy is sought by the hash of
-    what it would look like."""
+    what it would look like. Zooming is linear, so each zoomed hash costs what the plain one does: its
+    interpolation is folded into the DCT matrix."""
     grey = grey_copy(images)
     low = _DCT8 @ grey @ _DCT8.T
-    zoomed = [_pack(_DCT8 @ _zoom(grey, z) @ _DCT8.T) for z in ZOOMS[1:]]
+    zoomed = [_pack(m @ grey @ m.T) for m in _DCT8_ZOOMED]
     return _pack(low), _pack(low * _MIRROR), torch.stack(zoomed, 1)
 
 
-def _zoom(grey: torch.Tensor, z: float) -> torch.Tensor:
-    """The centre 1/z of each grey copy, enlarged to the whole side."""
-    theta = torch.tensor([[1 / z, 0, 0], [0, 1 / z, 0]]).expand(len(grey), 2, 3)
-    return _warp_each(grey, theta)
+def _zoom_matrix(n: int, z: float) -> torch.Tensor:
+    """n x n: the centre n/z pixels of a row, linearly interpolated up to n (rows of weights, edges clamped)."""
+    where = ((torch.arange(n) + 0.5 - n / 2) / z + n / 2 - 0.5).clamp(0, n - 1)
+    low = where.floor().long().clamp(max=n - 2)
+    frac = where - low
+    m = torch.zeros(n, n)
+    m[torch.arange(n), low] = 1 - frac
+    m[torch.arange(n), low + 1] += frac
+    return m
+
+
+_DCT8_ZOOMED = [_DCT8 @ _zoom_matrix(HASH_SIDE, z) for z in ZOOMS[1:]]
 
 
 def fingerprints(items: Items) -> Fingerprints:
@@ -518,7 +527,7 @@ def odd_files(
     odd: dict[str, list[tuple[str, str]]] = {kind: [] for kind in ODD_KINDS}
     colour = items.tensors[0].shape[1] == 3
     if colour:
-        odd["greyscale"] = [(items.names[i], "its colour channels are equal") for i in torch.nonzero(grey).flatten().tolist()]
+        odd["greyscale"] = [(items.names[i], "grey pixels") for i in torch.nonzero(grey).flatten().tolist()]
     if headers is None:
         return odd
     decoded, reasons = set(items.names), _reasons(skipped, set(headers))
@@ -534,9 +543,9 @@ def odd_files(
         if colour and is_grey(h.mode) and rel not in grey_names:
             odd["greyscale"].append((rel, f"mode {h.mode}"))
         if h.orientation != 1:
-            odd["exif_rotated"].append((rel, f"EXIF orientation {h.orientation}"))
+            odd["exif_rotated"].append((rel, f"orientation {h.orientation}"))
         if h.animated:
-            odd["animated"].append((rel, f"animated {h.format}"))
+            odd["animated"].append((rel, f"{h.format}"))
     for found in odd.values():
         found.sort()
     return odd
@@ -618,6 +627,10 @@ class Health:
 
     def counts(self) -> dict[str, list[int]]:
         return class_counts(self.items, len(self.classes))
+
+    def imbalance(self) -> float:
+        """Of the training split, which is what the model learns the classes' frequencies from."""
+        return imbalance(self.counts()["train"])
 
     def kind(self, group: Group) -> str:
         """ "conflict" (two or more classes), "leak" (one class, two or more splits) or "duplicate" (neither)."""

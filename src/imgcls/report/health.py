@@ -27,7 +27,6 @@ from imgcls.data.health import (
     Health,
     LabelIssues,
     check,
-    imbalance,
     label_issues,
     with_copy_in,
 )
@@ -36,7 +35,7 @@ from imgcls.runs import write_json
 
 GROUPS_SHOWN = 12  # duplicate groups in a grid, one per row
 COPIES_SHOWN = 6  # copies of a group in its row
-ODD_SHOWN = 32
+ODD_PER_KIND = 8  # odd files of each kind in the picture
 ISSUES_SHOWN = 24
 THUMB = 96  # pixels: the longer side of an odd file's picture
 EXAMPLES = 3  # names of each finding in the text summary
@@ -121,12 +120,12 @@ def summary_text(health: Health, run: RunFindings | None = None) -> str:
     lines.append("")
     counts = h.counts()
     width = max(5, *(len(c) for c in h.classes))
-    ratio = imbalance(counts["total"])
+    ratio = h.imbalance()
     lines.append("balance:")
     lines.append(f"  {'class':<{width}}" + "".join(f"  {s:>7}" for s in ("train", "val", "test", "total")))
     for i, c in enumerate(h.classes):
         lines.append(f"  {c:<{width}}" + "".join(f"  {counts[s][i]:>7,}" for s in ("train", "val", "test", "total")))
-    lines.append(f"  imbalance ratio {ratio:.1f} (largest class over smallest)")
+    lines.append(f"  imbalance ratio {ratio:.1f} (the largest class in train over the smallest)")
     if ratio >= IMBALANCE_WARNING:
         lines.append(f"  warning: the classes are imbalanced ({ratio:.1f}:1): accuracy favours the large classes; read per-class accuracy")
     if run is not None:
@@ -160,7 +159,7 @@ def to_json(health: Health, run: RunFindings | None = None) -> dict:
         return {"file": items.names[i], "split": items.splits[i], "class": h.classes[int(items.labels[i])]}
 
     counts = h.counts()
-    ratio = imbalance(counts["total"])
+    ratio = h.imbalance()
     out = {
         "dataset": h.name,
         "images": len(items),
@@ -185,7 +184,7 @@ def to_json(health: Health, run: RunFindings | None = None) -> dict:
         "odd_files": {kind: [{"file": name, "detail": detail} for name, detail in found] for kind, found in h.odd.items()},
         "balance": {
             "per_class": {c: {s: counts[s][i] for s in counts} for i, c in enumerate(h.classes)},
-            "imbalance_ratio": ratio,
+            "imbalance_ratio_in_train": ratio,
             "warning": ratio >= IMBALANCE_WARNING,
         },
         "seconds": {k: round(v, 3) for k, v in h.seconds.items()},
@@ -239,7 +238,7 @@ def _groups_figure(health: Health, groups: list[Group], heading: str):
     items = health.items
     images, titles, colors = [], [], []
     shown = _sample(groups)
-    cols = COPIES_SHOWN
+    cols = max(3, min(COPIES_SHOWN, max(len(g.members) for g in shown)))  # three at least: room for the title
     pictures = items.take(torch.tensor([i for g in shown for i in _shown(health, g)[:cols]]))
     k = 0
     for g in shown:
@@ -257,8 +256,8 @@ def _groups_figure(health: Health, groups: list[Group], heading: str):
         titles += [""] * (cols - min(cols, len(g.members)))
         colors += ["black"] * (cols - min(cols, len(g.members)))
     more = f" ({len(shown)} of {len(groups):,}, a sample)" if len(groups) > len(shown) else ""
-    suptitle = f"{heading}: one group of copies per row{more}\nred: another class or split than the row's first"
-    return image_grid_figure(images, titles, colors, suptitle, columns=COPIES_SHOWN)
+    suptitle = f"{heading}{more}\none group of copies per row; red: another class or split"
+    return image_grid_figure(images, titles, colors, suptitle, columns=cols)
 
 
 def _thumbnail(path: Path) -> torch.Tensor | None:
@@ -282,18 +281,17 @@ def _odd_figure(health: Health, root: Path | None):
     from imgcls.report.plots import image_grid_figure
 
     position = {name: i for i, name in enumerate(health.items.names)}
-    entries = [(kind, name, detail) for kind, found in health.odd.items() if kind != "unreadable" for name, detail in found]
+    entries = [(kind, name, detail) for kind, found in health.odd.items() if kind != "unreadable" for name, detail in found[:ODD_PER_KIND]]
     images, titles = [], []
     for kind, name, detail in entries:
-        if len(images) == ODD_SHOWN:
-            break
         picture = _thumbnail(root / name) if root is not None else health.items.take(torch.tensor([position[name]]))[0]
         if picture is not None:
             images.append(picture)
             titles.append(f"{kind.replace('_', ' ')}\n{detail}\n{_tail(name)}")
     if not images:
         return None
-    more = f"the first {len(images)} of {len(entries):,}; " if len(entries) > len(images) else ""
+    total = sum(len(found) for kind, found in health.odd.items() if kind != "unreadable")
+    more = f"{len(images)} of {total:,}, {ODD_PER_KIND} of each kind at most; " if total > len(images) else ""
     return image_grid_figure(images, titles, ["black"] * len(images), f"Odd files ({more}unreadable ones are listed in health.json)")
 
 
@@ -330,8 +328,8 @@ def write_findings(health: Health, out: Path, run: RunFindings | None = None, ro
     if odd is not None:
         plots.save(odd, out / ODD_FILE)
         written[ODD_FILE] = "Odd files"
-    ratio = imbalance(health.counts()["total"])
-    title = f"Images per class (imbalance ratio {ratio:.1f}{': imbalanced' if ratio >= IMBALANCE_WARNING else ''})"
+    ratio = health.imbalance()
+    title = f"Images per class (imbalance ratio in train {ratio:.1f}{': imbalanced' if ratio >= IMBALANCE_WARNING else ''})"
     plots.save(plots.balance_figure(health.counts(), health.classes, title), out / BALANCE_FILE)
     written[BALANCE_FILE] = "Images per class"
     if run is not None and len(run.issues.index):
@@ -354,7 +352,8 @@ def html_section(health: Health, out: Path, written: dict[str, str], run: RunFin
         figures.append((f"test accuracy without the {run.test_images - run.clean_images:,} test images copied in train", clean))
     leaked = int(with_copy_in(h.groups, items, "test", "train").sum())
     figures += [("duplicate groups", f"{len(h.groups):,}"), ("test images with a copy in train", f"{leaked:,}")]
-    figures.append(("imbalance ratio", f"{imbalance(h.counts()['total']):.1f}"))
+    ratio = h.imbalance()
+    figures.append(("imbalance ratio in train", f"{ratio:.1f}{' (imbalanced)' if ratio >= IMBALANCE_WARNING else ''}"))
     boxes = "".join(f'<div class="figure">{escape(label)}<b>{escape(value)}</b></div>' for label, value in figures)
     rows = [[KINDS[kind][0], sum(h.kind(g) == kind for g in h.groups), KINDS[kind][2]] for kind in KINDS]
     rows += [[label, len(h.odd[kind]), ", ".join(n for n, _ in h.odd[kind][:EXAMPLES])] for kind, label in ODD_KINDS.items()]

@@ -301,6 +301,7 @@ def balance_figure(counts: dict[str, Sequence[int]], classes: Sequence[str], tit
         left += np.asarray(counts[split])
     ax.set_yticks(rows, [short(c, 24) for c in classes], fontsize=_label_font(k), **LITERAL)
     ax.set_ylim(k - 0.5, -0.5)
+    ax.set_xlim(0, left.max() * 1.25)  # room for the legend
     ax.set(xlabel="images", title=title)
     ax.legend(fontsize=9, loc="lower right")
     return fig
