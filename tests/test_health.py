@@ -273,3 +273,14 @@ def test_groups_are_largest_first_and_exact_only_when_the_pixels_match():
     assert groups == [Group((0, 3, 4), True), Group((1, 5), True)]
     sizes = torch.tensor([[8, 8], [8, 8], [8, 8], [8, 8], [16, 16], [8, 8]])  # 4.png was resized: not an exact copy
     assert find_duplicates(items, fingerprints(items), flips=False, sizes=sizes)[0] == Group((0, 3, 4), False)
+
+
+@pytest.mark.report
+def test_a_training_run_on_a_folder_writes_the_health_section(dirty, capsys, tmp_path):
+    code, _, err = run_cli(
+        capsys, "train", "--data", dirty, "--model", "mlp", "--epochs", "1", "--image-size", "32", "--out", tmp_path / "run"
+    )
+    assert code == 0, err
+    report = json.loads((tmp_path / "run" / "health.json").read_text())
+    assert report["duplicates"]["groups"] == len(EXPECTED) and "test_accuracy_without_train_copies" in report["run"]
+    assert "<h2>Dataset health</h2>" in (tmp_path / "run" / "report.html").read_text()

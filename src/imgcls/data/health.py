@@ -4,18 +4,19 @@ Pure functions of decoded uint8 images (batched in torch) and file headers; `img
 into text, health.json, picture grids and a section of report.html.
 
 Duplicates. Exact: the same decoded pixels (BLAKE2b of the bytes) and the same original size. Near: a 64-bit DCT hash
-(pHash: the signs of the 8x8 lowest frequencies of a 32x32 grey copy against their median) within NEAR_BITS bits,
-confirmed at the best of small shifts and zooms by the grey copies correlating at least NEAR_CORRELATION and their
-detail (grey less its blur) correlating NEAR_MARGIN better than either picture does with itself moved by one pixel:
-simple pictures (a stroke, a blob on a plain ground) match look-alikes closely, so they must match closer. A perceptual hash,
-not a trained model's embeddings: it exists before any training, costs milliseconds per thousand images, and finds
-copies of one picture (re-encoded, resized, recoloured, slightly cropped) rather than pictures of one subject. The
-check stops the false matches the hash alone makes between smooth pictures (a plane and a bird on a blue sky). Where
-training flips images (colour data), a mirror image counts as a copy too: training shows the model both.
+(pHash: the signs of the 8x8 lowest frequencies of a 32x32 grey copy against their median) within NEAR_BITS bits of
+another image's; an image is also sought by the hashes of its centre zoomed by ZOOMS (what a cropped copy looks like)
+and, where training flips images, of its mirror image (training shows the model both). Each candidate pair is then
+confirmed on the pixels at the best of small shifts: the grey copies must correlate at least NEAR_CORRELATION, and
+their detail (grey less its blur) NEAR_MARGIN better than either does with itself moved by one pixel. The hash alone
+matches different smooth pictures (a plane and a bird on a blue sky), and simple pictures (handwritten strokes) match
+their look-alikes closely, so they must match closer. A perceptual hash, not a trained model's embeddings: it exists
+before any training, costs seconds for 60,000 images on a CPU, and finds copies of one picture rather than pictures
+of one subject.
 
 The hash search is multi-index hashing: the 64 bits are cut into chunks of about log2(N) bits; two hashes within
-NEAR_BITS bits agree on some chunk to within NEAR_BITS // chunks bits, so each image probes a few buckets that hold
-about one image each on average. The work grows with N, not N^2.
+NEAR_BITS bits agree on some chunk to within NEAR_BITS // chunks bits, so each image probes a few dozen buckets that
+hold a few images each on average, and keeps its NEAREST closest candidates. The work grows with N, not N^2.
 """
 
 import hashlib
@@ -47,7 +48,8 @@ from imgcls.data.images import ImageReadError, check_size, decoding, is_grey
 SPLITS = ("train", "val", "test")
 HASH_SIDE = 32  # the grey copy the DCT hash and the check are computed on
 NEAR_BITS = 6  # of 64: hashes this close are candidates (hashes hold 31 ones, so distances are even)
-NEAREST = 5  # hash candidates kept per image, the closest
+NEAREST = 4  # hash candidates kept per image, the closest
+BUCKET_CAP = 32  # keys of one hash bucket compared with a query, at most
 NEAR_CORRELATION = 0.85  # correlation of the grey copies, at the best shift and zoom, that confirms a candidate
 NEAR_MARGIN = 0.2  # and of their detail, above how alike each stays moved by a pixel: see bench/RESULTS.md
 NEAR_DETAIL_ENOUGH = 0.95  # a detail correlation that confirms whatever the self-similarity
@@ -59,7 +61,7 @@ EXTREME_ASPECT = 4.0  # longer side over shorter: a square crop keeps a quarter 
 GREY_SPREAD = 2.0  # mean over pixels of the largest minus the smallest channel, below which an RGB image is grey
 IMBALANCE_WARNING = 3.0  # largest over smallest class
 PIXELS_PER_BATCH = 1 << 24  # uint8 values hashed per batch: about 64 MB of float32 working copies
-PAIRS_PER_BATCH = 256  # candidate pairs checked at once: 2 x 75 warped 16x16 copies of each
+PAIRS_PER_BATCH = 256  # candidate pairs checked at once: 25 shifted 16x16 copies of each
 CHUNK = 512  # files per header-reading task
 ODD_KINDS = {
     "unreadable": "unreadable",
@@ -194,6 +196,7 @@ _DCT8_ZOOMED = [_DCT8 @ _zoom_matrix(HASH_SIDE, z) for z in ZOOMS[1:]]
 
 
 def fingerprints(items: Items) -> Fingerprints:
+    """Every image's exact digest, hashes and greyness, batch by batch."""
     digests, hashes, mirrors, crops, greys = [], [], [], [], []
     for batch in items.batches():
         array = batch.numpy()
@@ -222,16 +225,19 @@ def popcount(x: torch.Tensor) -> torch.Tensor:
 
 
 def hamming_pairs(
-    queries: torch.Tensor, keys: torch.Tensor, max_bits: int, upper: bool = False, block: int = 8192
+    queries: torch.Tensor, keys: torch.Tensor, max_bits: int, upper: bool = False, block: int = 4096
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Every (i, j) with queries[i] and keys[j] (63-bit hashes) within max_bits bits, without comparing all pairs;
     with `upper`, only i < j (for queries and keys that are the same hashes).
 
-    The hashes are cut into `chunks` chunks of `width` bits, width about log2(len(keys)) so that a bucket holds about
-    one key. Two hashes within max_bits bits differ in at most max_bits // chunks bits of some chunk (pigeonhole), so
+    The hashes are cut into `chunks` chunks of `width` bits, width log2(len(keys)) - 4 but at least 16, so that a
+    bucket holds 16 keys at most on average: for up to a million images, 4 chunks of 16 bits, each probed with its 16
+    one-bit variants. Two hashes within max_bits bits differ in at most max_bits // chunks bits of some chunk (pigeonhole), so
     looking up each query's chunks and their variants within that radius finds every such pair. The buckets are a
-    dense table (start and count per chunk value); queries go in blocks, which bounds the memory."""
-    width = min(22, max(16, math.ceil(math.log2(max(2, len(keys))))))
+    dense table (start and count per chunk value); queries go in blocks, which bounds the memory. A crowded bucket
+    (thousands of alike handwritten 1s share some chunks) is looked at up to its first BUCKET_CAP keys only: that keeps
+    the work linear, and can only miss pairs among such crowds."""
+    width = min(22, max(16, math.ceil(math.log2(max(2, len(keys)))) - 4))
     chunks = 64 // width
     radius = max_bits // chunks
     mask = (1 << width) - 1
@@ -250,7 +256,7 @@ def hamming_pairs(
     for first in range(0, len(queries), block):
         q = queries[first : first + block]
         probes = (buckets(q).unsqueeze(2) ^ flips).reshape(-1)  # a flip never leaves its chunk's range
-        hits = count[probes]
+        hits = count[probes].clamp_max(BUCKET_CAP)
         i = torch.arange(first, first + len(q)).repeat_interleave(chunks * len(flips)).repeat_interleave(hits)
         # The hits of a probe are the keys at start[probe], start[probe] + 1, ... in the bucket order.
         j = owner[torch.arange(int(hits.sum())) + (start[probes] - hits.cumsum(0) + hits).repeat_interleave(hits)]
@@ -265,21 +271,21 @@ def hamming_pairs(
     return torch.cat(found_i), torch.cat(found_j)
 
 
-_THETAS = torch.tensor([[[1 / z, 0, 2 * dx / HASH_SIDE], [0, 1 / z, 2 * dy / HASH_SIDE]] for z in ZOOMS for dx in SHIFTS for dy in SHIFTS])
+# ZOOMS x V: each zoom with every shift of SHIFTS in both directions.
+_THETAS = torch.tensor(
+    [[[[1 / z, 0, 2 * dx / HASH_SIDE], [0, 1 / z, 2 * dy / HASH_SIDE]] for dx in SHIFTS for dy in SHIFTS] for z in ZOOMS]
+)
+_GRIDS: dict[tuple[int, int], torch.Tensor] = {}
 
 
-_GRIDS: dict[int, torch.Tensor] = {}
-_BOX = torch.full((5,), 1 / 5)
-
-
-def _all_warps(x: torch.Tensor) -> torch.Tensor:
-    """Grey copies (N x S x S) under every shift and zoom of _THETAS: N x V x S x S. The images ride in the channel
-    dimension, so that each of the V grids serves them all."""
+def _shifted(x: torch.Tensor, zoom: int) -> torch.Tensor:
+    """Grey copies (N x S x S) zoomed in by ZOOMS[zoom] under every shift: N x V x S x S. The images ride in the
+    channel dimension, so that each of the V grids serves them all."""
     side = x.shape[-1]
-    if side not in _GRIDS:
-        _GRIDS[side] = F.affine_grid(_THETAS, (len(_THETAS), 1, side, side), align_corners=False)
-    warped = F.grid_sample(x.unsqueeze(0).expand(len(_THETAS), *x.shape), _GRIDS[side], padding_mode="border", align_corners=False)
-    return warped.transpose(0, 1)
+    if (side, zoom) not in _GRIDS:
+        _GRIDS[side, zoom] = F.affine_grid(_THETAS[zoom], (_THETAS.shape[1], 1, side, side), align_corners=False)
+    grid = _GRIDS[side, zoom]
+    return F.grid_sample(x.unsqueeze(0).expand(len(grid), *x.shape), grid, padding_mode="border", align_corners=False).transpose(0, 1)
 
 
 def _warp_each(x: torch.Tensor, thetas: torch.Tensor) -> torch.Tensor:
@@ -298,11 +304,12 @@ def _standardised(x: torch.Tensor) -> torch.Tensor:
 
 
 def _detail(x: torch.Tensor) -> torch.Tensor:
-    """N x S x S grey copies less their 5x5 blur (a box, in two passes): the edges and texture, without the layout of
-    light and dark."""
-    flat = F.pad(x.unsqueeze(1), (2, 2, 2, 2), mode="replicate")
-    blurred = F.conv2d(F.conv2d(flat, _BOX.view(1, 1, 1, 5)), _BOX.view(1, 1, 5, 1))
-    return x - blurred[:, 0]
+    """N x S x S grey copies less their 5x5 box blur (sums of shifted slices: a convolution costs more on these small
+    tensors): the edges and texture, without the layout of light and dark."""
+    side = x.shape[-1]
+    padded = F.pad(x.unsqueeze(1), (2, 2, 2, 2), mode="replicate")[:, 0]
+    rows = sum(padded[:, :, k : k + side] for k in range(5))
+    return x - sum(rows[:, k : k + side] for k in range(5)) / 25
 
 
 def self_similarity(grey: torch.Tensor) -> torch.Tensor:
@@ -315,29 +322,30 @@ def self_similarity(grey: torch.Tensor) -> torch.Tensor:
     return torch.stack([(_standardised(torch.roll(detail, step, dim)) * d).sum(-1) for step in (1, -1) for dim in (-1, -2)]).mean(0)
 
 
-def similarity(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two correlations of each pair of images (uint8 N x C x H x W each) at the best shift and zoom of either one:
-    of their grey copies, and of their detail. The search runs on half-size copies; both correlations are then taken
-    at full size at the warp it found. The grey layout alone matches different smooth pictures (a plane and a bird on
-    a blue sky, two ships on water); copies also agree in detail."""
+def similarity(a: torch.Tensor, b: torch.Tensor, zoom: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two correlations of each pair of images (uint8 N x C x H x W each), a zoomed in by ZOOMS[zoom] and shifted by
+    the best of SHIFTS: of their grey copies, and of their detail. The search runs on half-size copies; both
+    correlations are then taken at full size. The grey layout alone matches different smooth pictures (a plane and a
+    bird on a blue sky, two ships on water); copies also agree in detail."""
     ga, gb = grey_copy(a), grey_copy(b)
-    grey, detail = torch.full((len(a),), -1.0), torch.full((len(a),), -1.0)
-    for x, y in ((ga, gb), (gb, ga)):
-        small_x, small_y = F.avg_pool2d(x.unsqueeze(1), 2)[:, 0], F.avg_pool2d(y.unsqueeze(1), 2)[:, 0]
-        best = (_standardised(_all_warps(small_y)) * _standardised(small_x).unsqueeze(1)).sum(-1).argmax(1)
-        warped = _warp_each(y, _THETAS[best])
-        grey = torch.maximum(grey, (_standardised(warped) * _standardised(x)).sum(-1))
-        detail = torch.maximum(detail, (_standardised(_detail(warped)) * _standardised(_detail(x))).sum(-1))
+    small_a, small_b = F.avg_pool2d(ga.unsqueeze(1), 2)[:, 0], F.avg_pool2d(gb.unsqueeze(1), 2)[:, 0]
+    best = (_standardised(_shifted(small_a, zoom)) * _standardised(small_b).unsqueeze(1)).sum(-1).argmax(1)
+    warped = _warp_each(ga, _THETAS[zoom][best])
+    grey = (_standardised(warped) * _standardised(gb)).sum(-1)
+    detail = (_standardised(_detail(warped)) * _standardised(_detail(gb))).sum(-1)
     return grey, detail
 
 
-def confirmed(a: torch.Tensor, b: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
-    """Which pairs of images are copies: grey correlation at least NEAR_CORRELATION (MIRROR_CORRELATION for a mirror
-    image, where b is compared flipped), and detail correlation NEAR_MARGIN above the self-similarity of both (or
-    NEAR_DETAIL_ENOUGH: a copy of a very smooth picture cannot beat its self-similarity by the margin)."""
+def confirmed(a: torch.Tensor, b: torch.Tensor, zoom: torch.Tensor, mirrored: torch.Tensor, chance: torch.Tensor) -> torch.Tensor:
+    """Which pairs of images are copies, a zoomed in by ZOOMS[zoom] (per pair) and b mirrored where `mirrored`: grey
+    correlation at least NEAR_CORRELATION (MIRROR_CORRELATION for a mirror image), and detail correlation NEAR_MARGIN
+    above `chance`, the larger self-similarity of the two (or NEAR_DETAIL_ENOUGH: a copy of a very smooth picture
+    cannot beat its self-similarity by the margin)."""
     b = torch.where(mirrored.view(-1, 1, 1, 1), b.flip(-1), b)
-    grey, detail = similarity(a, b)
-    chance = torch.maximum(self_similarity(grey_copy(a)), self_similarity(grey_copy(b)))
+    grey, detail = torch.empty(len(a)), torch.empty(len(a))
+    for z in zoom.unique().tolist():
+        pick = zoom == z
+        grey[pick], detail[pick] = similarity(a[pick], b[pick], z)
     needed = (chance + NEAR_MARGIN).clamp_max(NEAR_DETAIL_ENOUGH)
     return (grey >= torch.where(mirrored, MIRROR_CORRELATION, NEAR_CORRELATION)) & (detail >= needed)
 
@@ -356,31 +364,37 @@ def _nearest(i: torch.Tensor, j: torch.Tensor, distance: torch.Tensor, k: int) -
 def near_pairs(items: Items, fp: Fingerprints, candidates: torch.Tensor, flips: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Pairs of near duplicates among the images at `candidates`, as indices of items: hashes within NEAR_BITS (an
     image's own, or those of its zoomed centre, or with `flips` of its mirror image, against the others' own), each
-    image's NEAREST closest only, then confirmed().
+    image's NEAREST closest only, then confirmed() at the zoom or mirroring that found them.
 
     The cap keeps the work linear where pictures are alike by nature (handwritten 1s: each has hundreds of hash
     neighbours); a larger group of copies stays one group through the copies' own links."""
     h = fp.phash[candidates]
-    queries = [(h, False), *((fp.cropped[candidates, z], False) for z in range(fp.cropped.shape[1]))]
-    queries += [(fp.mirrored[candidates], True)] if flips else []
-    a, b, mirrored = [], [], []
-    for q, mirror in queries:
+    queries = [(h, 0, False), *((fp.cropped[candidates, z - 1], z, False) for z in range(1, len(ZOOMS)))]
+    queries += [(fp.mirrored[candidates], 0, True)] if flips else []
+    found = []
+    for q, zoom, mirror in queries:
         i, j = hamming_pairs(q, h, NEAR_BITS, upper=q is h)
         other = i != j  # a symmetric picture matches its own mirror image, a plain one its own zoomed centre
-        i, j, distance = i[other], j[other], popcount(q[i[other]] ^ h[j[other]])
-        i, j = torch.minimum(i, j), torch.maximum(i, j)
-        keep = _nearest(i, j, distance, NEAREST)
-        a.append(candidates[i[keep]])
-        b.append(candidates[j[keep]])
-        mirrored.append(torch.full((int(keep.sum()),), mirror))
-    a, b, mirrored = torch.cat(a), torch.cat(b), torch.cat(mirrored)
-    _, first = _unique_first((a * len(items) + b) * 2 + mirrored)
-    a, b, mirrored = a[first], b[first], mirrored[first]
-    ok = torch.zeros(len(a), dtype=torch.bool)
-    for s in range(0, len(a), PAIRS_PER_BATCH):
-        batch = slice(s, s + PAIRS_PER_BATCH)
-        ok[batch] = confirmed(items.take(a[batch]), items.take(b[batch]), mirrored[batch])
-    return a[ok], b[ok]
+        i, j = i[other], j[other]
+        found.append((i, j, popcount(q[i] ^ h[j]), torch.full((len(i),), zoom), torch.full((len(i),), mirror)))
+    i, j, distance, zoom, mirrored = (torch.cat(parts) for parts in zip(*found))
+    keep = _nearest(torch.minimum(i, j), torch.maximum(i, j), distance, NEAREST)
+    i, j, zoom, mirrored = i[keep], j[keep], zoom[keep], mirrored[keep]
+    _, first = _unique_first(((i * len(candidates) + j) * len(ZOOMS) + zoom) * 2 + mirrored)  # a pair found twice
+    i, j, zoom, mirrored = i[first], j[first], zoom[first], mirrored[first]
+    involved = torch.unique(torch.cat([i, j]))
+    alike = torch.zeros(len(candidates))  # self-similarity, once per image however many pairs it is in
+    for s in range(0, len(involved), PAIRS_PER_BATCH):
+        part = involved[s : s + PAIRS_PER_BATCH]
+        alike[part] = self_similarity(grey_copy(items.take(candidates[part])))
+    ok = torch.zeros(len(i), dtype=torch.bool)
+    for s in range(0, len(i), PAIRS_PER_BATCH):
+        x, y = i[s : s + PAIRS_PER_BATCH], j[s : s + PAIRS_PER_BATCH]
+        pair = slice(s, s + PAIRS_PER_BATCH)
+        chance = torch.maximum(alike[x], alike[y])
+        ok[pair] = confirmed(items.take(candidates[x]), items.take(candidates[y]), zoom[pair], mirrored[pair], chance)
+    a, b = candidates[torch.minimum(i, j)[ok]], candidates[torch.maximum(i, j)[ok]]
+    return a, b
 
 
 @contextmanager

@@ -47,10 +47,10 @@ KINDS = {  # group kinds (Health.kind): heading of their grid, file, what they m
 }
 ODD_FILE, BALANCE_FILE, ISSUES_FILE = "health_odd_files.png", "health_balance.png", "health_label_errors.png"
 METHOD = (
-    f"exact: the same decoded pixels and original size; near: a 64-bit DCT perceptual hash within {NEAR_BITS} bits, confirmed "
-    f"at the best shift (2 px of 32) and zoom (up to {max(ZOOMS):g}x, a crop) by the correlation of the grey pictures (at least "
-    f"{NEAR_CORRELATION:g}; {MIRROR_CORRELATION:g} for a mirror image) and of their detail ({NEAR_MARGIN:g} above how alike each "
-    "stays moved by a pixel)"
+    f"exact: the same decoded pixels and original size; near: a 64-bit DCT perceptual hash (or that of the picture's centre "
+    f"zoomed by up to {max(ZOOMS):g}x, a crop, or of its mirror image) within {NEAR_BITS} bits, confirmed at the best shift "
+    f"(2 px of 32) by the correlation of the grey pictures (at least {NEAR_CORRELATION:g}; {MIRROR_CORRELATION:g} for a mirror "
+    f"image) and of their detail ({NEAR_MARGIN:g} above how alike each stays moved by a pixel)"
 )
 
 
