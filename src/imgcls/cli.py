@@ -234,11 +234,23 @@ def _add_serve(sub) -> None:
 
 
 def _add_datasets(sub) -> None:
-    p = sub.add_parser("datasets", help="list the named datasets, or --show one: class counts and a grid of samples")
-    p.add_argument("--show", metavar="NAME|PATH", help="print this dataset's class counts and save a grid of samples per class")
+    p = sub.add_parser(
+        "datasets",
+        help="list the named datasets, --show one (class counts and a grid of samples) or --check its health",
+        description="List the named datasets. --show prints a dataset's class counts and saves a grid of samples; --check "
+        "finds exact and near duplicates (within a class, across classes, across splits), odd files and class imbalance, "
+        "and saves health.json and a picture of each finding. Findings are information: the exit status is 0 unless the "
+        "data cannot be read.",
+    )
+    action = p.add_mutually_exclusive_group()
+    action.add_argument("--show", metavar="NAME|PATH", help="print this dataset's class counts and save a grid of samples per class")
+    action.add_argument("--check", metavar="NAME|PATH", help="check this dataset's health: duplicates, leaks, odd files, balance")
     p.add_argument("--data-dir", metavar="DIR", help="where named datasets live")
     p.add_argument("--per-class", metavar="N", type=int, default=8, help="sample images per class in the grid [8]")
-    p.add_argument("--out", metavar="FILE", help="where to save the grid [<dataset>-samples.png]")
+    p.add_argument(
+        "--out", metavar="PATH", help="--show: the grid's file [<dataset>-samples.png]; --check: the folder for health.json "
+        "and the pictures [<dataset>-health]",
+    )  # fmt: skip
     p.set_defaults(func=cmd_datasets)
 
 
@@ -506,6 +518,8 @@ def cmd_datasets(args) -> int:
 
     if args.show:
         return show_dataset(args)
+    if args.check:
+        return check_health(args)
     width = max(len(n) for n in DATASETS)
     for name, info in DATASETS.items():
         print(f"{name:<{width}}  {info.description}")
@@ -528,6 +542,21 @@ def show_dataset(args) -> int:
     print(format_class_counts(data))
     write_preview(data, path, args.per_class)
     print(f"\nsaved {args.per_class} training images per class to {path}")
+    return 0
+
+
+def check_health(args) -> int:
+    from imgcls.data import dataset_name
+    from imgcls.data.health import check_dataset
+    from imgcls.data.registry import is_folder_spec
+    from imgcls.report.health import summary_text, write_findings
+
+    out = writable("--out", args.out, folder=True) or Path(f"{dataset_name(args.check)}-health")
+    data, health = check_dataset(args.check, args.data_dir)
+    written = write_findings(health, out, root=Path(args.check).expanduser() if is_folder_spec(args.check) else None)
+    print(summary_text(health))
+    seconds = ", ".join(f"{stage} {s:.1f}s" for stage, s in health.seconds.items())
+    print(f"\nsaved health.json and {', '.join(written)} in {out} ({seconds})")
     return 0
 
 

@@ -388,7 +388,9 @@ class Trainer:
         from imgcls.report import write_report  # matplotlib loads only now, after training
 
         split = self.data.test
-        write_report(self.run_dir, self.data.classes, split.images, split.labels, test.logits, p.history, self.cfg.to_dict(), summary)
+        write_report(
+            self.run_dir, self.data.classes, split.images, split.labels, test.logits, p.history, self.cfg.to_dict(), summary, self.data
+        )
         return summary
 
 

@@ -33,10 +33,12 @@ def write_report(
     history: list[dict] | None = None,
     config: dict | None = None,
     summary: dict | None = None,
+    data: Dataset | None = None,
 ) -> Path:
     """Write every plot and report.html into the run folder from the test set's uint8 images, labels and logits.
 
-    history, config and summary default to the run folder's metrics.csv, config.json and summary.json.
+    history, config and summary default to the run folder's metrics.csv, config.json and summary.json. `data`, the
+    run's dataset, adds a dataset health section when it is a folder (imgcls.report.health).
     """
     from imgcls.evaluation import confusion_matrix
     from imgcls.report import html, plots
@@ -66,7 +68,12 @@ def write_report(
         "loss": losses_of(log_probs, labels).mean().item(),
         "images": len(labels),
     }
-    page = html.render(run_dir, PLOTS, config, summary, test, confusion, classes, history)
+    health = ""
+    if data is not None and data.split_files is not None:
+        from imgcls.report.health import run_health
+
+        health = run_health(run_dir, data, config.get("data"), probs)
+    page = html.render(run_dir, PLOTS, config, summary, test, confusion, classes, history, health)
     path = run_dir / "report.html"
     write_text(path, page)
     return path
@@ -91,7 +98,7 @@ def report_run(run: str | Path, data_dir: str | None = None, device: str = "auto
         )
         raise ImgclsError(f"{run_dir} holds no best.pt: {hint}")
     _, data, result = evaluate_checkpoint(run_dir / "best.pt", data_dir=data_dir, device=device, batch_size=batch_size)
-    return write_report(run_dir, data.classes, data.test.images, data.test.labels, result.logits)
+    return write_report(run_dir, data.classes, data.test.images, data.test.labels, result.logits, data=data)
 
 
 def format_class_counts(data: Dataset) -> str:

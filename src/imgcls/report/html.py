@@ -53,8 +53,10 @@ def render(
     confusion: torch.Tensor,
     classes: list[str],
     history: list[dict],
+    health: str = "",
 ) -> str:
-    """The page; `plots` maps each PNG in run_dir to its heading, `test` holds this report's test accuracy, loss and image count."""
+    """The page; `plots` maps each PNG in run_dir to its heading, `test` holds this report's test accuracy, loss and image count,
+    `health` is the dataset health section's HTML (folder runs)."""
     title = f"imgcls report: {run_dir.name}"
     about = ", ".join(f"{k} {config[k]}" for k in ("data", "model") if k in config)
     figures = "".join(f'<div class="figure">{escape(label)}<b>{escape(value)}</b></div>' for label, value in _figures(summary, test))
@@ -80,6 +82,7 @@ def render(
 <p>{escape(about)}; everything below is on the test set with the best checkpoint (best.pt) unless it says otherwise.</p>
 <div class="figures">{figures}</div>
 {sections}
+{health}
 <div class="columns">
 <div><h2>Per-class accuracy</h2>
 {_table(["class", "accuracy", "correct", "images"], per_class, numeric={1, 2, 3})}</div>

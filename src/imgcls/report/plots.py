@@ -163,22 +163,27 @@ def per_class_figure(confusion: torch.Tensor, classes: Sequence[str]) -> Figure:
 # --- image grids ---------------------------------------------------------------------------------------
 
 
-def image_grid_figure(images: torch.Tensor, titles: Sequence[str], colors: Sequence[str], suptitle: str, columns: int = 8) -> Figure:
+def image_grid_figure(
+    images: Sequence[torch.Tensor | None], titles: Sequence[str], colors: Sequence[str], suptitle: str, columns: int = 8
+) -> Figure:
     """Images with a title each, `columns` to a row, all drawn on one axes measured in inches: one axes per
-    image would cost seconds of tick and layout work for a few dozen images."""
+    image would cost seconds of tick and layout work for a few dozen images. A None image leaves its cell empty
+    (a row shorter than the others)."""
     n = len(images)
     cols = max(1, min(columns, n))
     rows = -(-n // cols)
     lines = max((t.count("\n") + 1 for t in titles), default=1)
-    head, label, gap = 0.4, 0.15 * lines + 0.08, 0.1  # inches: figure title, image titles, space around images
+    head, label, gap = 0.2 + 0.2 * (suptitle.count("\n") + 1), 0.15 * lines + 0.08, 0.1  # inches: title, image titles, spacing
     width, height = cols * CELL, head + rows * (label + CELL)
     fig = Figure(figsize=(width, height))
     ax = fig.add_axes((0, 0, 1, 1))
     ax.set(xlim=(0, width), ylim=(0, height))
     ax.set_axis_off()
-    ax.text(width / 2, height - 0.12, suptitle, ha="center", va="top", fontsize=11)
+    ax.text(width / 2, height - 0.12, suptitle, ha="center", va="top", fontsize=11, **LITERAL)
     side = CELL - gap
     for i, (image, title, color) in enumerate(zip(images, titles, colors)):
+        if image is None:
+            continue
         r, c = divmod(i, cols)
         top = height - head - r * (label + CELL) - label
         h, w = image.shape[1:]
@@ -279,4 +284,24 @@ def preview_figure(images: torch.Tensor, labels: torch.Tensor, classes: Sequence
         for side in ax.spines.values():
             side.set_visible(False)
         ax.tick_params(length=0)
+    return fig
+
+
+# --- dataset health --------------------------------------------------------------------------------------
+
+
+def balance_figure(counts: dict[str, Sequence[int]], classes: Sequence[str], title: str) -> Figure:
+    """Images per class as horizontal bars, stacked by split (train, val, test)."""
+    k = len(classes)
+    fig = Figure(figsize=(8, max(2.5, 0.3 * k + 1.3) if k <= 20 else 0.16 * k + 1.3), layout="constrained")
+    ax = fig.subplots()
+    rows, left = np.arange(k), np.zeros(k)
+    for split, color in (("train", "#1f77b4"), ("val", "#9ecae1"), ("test", "#ff7f0e")):
+        ax.barh(rows, counts[split], left=left, color=color, label=split)
+        left += np.asarray(counts[split])
+    ax.set_yticks(rows, [short(c, 24) for c in classes], fontsize=_label_font(k), **LITERAL)
+    ax.set_ylim(k - 0.5, -0.5)
+    ax.set_xlim(0, left.max() * 1.25)  # room for the legend
+    ax.set(xlabel="images", title=title)
+    ax.legend(fontsize=9, loc="lower right")
     return fig
