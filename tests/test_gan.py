@@ -117,6 +117,7 @@ def test_bad_input_is_one_line(gan_run, tmp_path, capsys, digit_run):
     assert "is a file" in one_line_error(capsys, "generate", run, "--out", tmp_path / "file" / "grid.png")
     assert "does not know the classes" in one_line_error(capsys, "generate", run, "--judge", digit_run)
     assert "--lr must be" in one_line_error(capsys, "gan", "--lr", "0")
+    assert "--steps must be at least 1" in one_line_error(capsys, "gan", "--steps", "0")
     assert "--judge" in one_line_error(capsys, "gan", "--no-conditional", "--judge", digit_run)
 
 

@@ -631,7 +631,7 @@ def cmd_gan(args) -> int:
         run_dir, summary = train_gan(cfg, writable("--out", args.out, folder=True), args.judge, args.judge_images)
     except Interrupted as stop:
         print(
-            f"\ninterrupted ({signal.Signals(stop.signum).name}): generator.pt and last.pt in {stop.run_dir} hold the last epoch's end",
+            f"\ninterrupted ({signal.Signals(stop.signum).name}): generator.pt and last.pt in {stop.run_dir} hold where it stopped",
             file=sys.stderr,
         )
         return 128 + stop.signum

@@ -112,6 +112,14 @@ def losses_figure(rows: list[dict]):
     return fig
 
 
+def _picture(run_dir: Path, name: str, heading: str) -> str:
+    """The report's embedded picture, linked to its file: html._image links by file name, and epoch grids lie in samples/."""
+    from imgcls.report import html
+
+    link = 'href="' + Path(name).name + '"'
+    return html._image(run_dir / name, heading).replace(link, 'href="' + name + '"', 1)
+
+
 def write_report(run_dir: Path, trainer, summary: dict) -> Path:
     """classes.png (the EMA generator's images, a row per class), losses.png and report.html in the run folder."""
     from imgcls.report import html, plots
@@ -130,7 +138,7 @@ def write_report(run_dir: Path, trainer, summary: dict) -> Path:
     last = f"samples/epoch_{summary['epochs']:03d}.png"
     figures = [("images", "classes.png", "Generated images of each class (EMA generator, new noise)"), ("losses", "losses.png", "Losses per step"),
                ("epoch", last, f"Fixed noise after epoch {summary['epochs']}")]  # fmt: skip
-    body = "\n".join(f"<h2>{escape(heading)}</h2>\n<p>{html._image(run_dir / name, heading)}</p>" for _, name, heading in figures)
+    body = "\n".join(f"<h2>{escape(heading)}</h2>\n<p>{_picture(run_dir, name, heading)}</p>" for _, name, heading in figures)
     facts = [["dataset", summary["dataset"]], ["image shape", "x".join(map(str, summary["shape"]))], ["steps", summary["steps"]],
              ["training time", f"{summary['train_seconds']:.1f} s"], ["device", f"{summary['device']} ({summary['precision']})"],
              ["parameters", f"G {summary['generator_params']:,}, D {summary['discriminator_params']:,}"]]  # fmt: skip

@@ -9,7 +9,7 @@ the cost of each discriminator step on a CPU. The generator that is sampled and 
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -52,7 +52,13 @@ class GanConfig:
     precision: str = "auto"
 
     def check(self) -> None:
-        counts = {"epochs": self.epochs, "batch_size": self.batch_size, "z_dim": self.z_dim, "width": self.width, "steps": self.steps or 1}
+        counts = {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "z_dim": self.z_dim,
+            "width": self.width,
+            "steps": 1 if self.steps is None else self.steps,
+        }
         for name, value in counts.items():
             if value < 1:
                 raise ImgclsError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -62,10 +68,6 @@ class GanConfig:
             raise ImgclsError(f"--ema must be in [0, 1), got {self.ema}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ImgclsError(f"--precision must be auto, fp32 or bf16 for a GAN, got {self.precision}")
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "GanConfig":
-        return cls(**{f.name: values[f.name] for f in fields(cls) if f.name in values})
 
 
 def hinge_losses(d_real: torch.Tensor, d_fake: torch.Tensor) -> torch.Tensor:
