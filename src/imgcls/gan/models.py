@@ -96,8 +96,7 @@ class Discriminator(nn.Module):
         h = F.leaky_relu(self.stem(x), 0.1)
         for down in self.downs:
             h = F.leaky_relu(down(h), 0.1)
-        # Mean pooling: SNGAN's sum pooling let scores reach the hinge margins within a few steps on MNIST, where the
-        # discriminator stops learning and the generator collapses onto one pattern that its frozen scores favour.
+        # Mean pooling (SNGAN sums): scores on the scale of the hinge margins whatever the image size.
         h = h.mean((2, 3))
         out = self.score(h).squeeze(1)
         if self.embed is not None:
