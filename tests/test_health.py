@@ -18,6 +18,7 @@ from imgcls.data.health import (
     check,
     check_dataset,
     components,
+    dedupe,
     duplicate_file_groups,
     find_duplicates,
     fingerprints,
@@ -277,3 +278,59 @@ def test_a_training_run_on_a_folder_writes_the_health_section(dirty, capsys, tmp
     report = json.loads((tmp_path / "run" / "health.json").read_text())
     assert report["duplicates"]["groups"] == len(EXPECTED) and "test_accuracy_without_train_copies" in report["run"]
     assert "<h2>Dataset health</h2>" in (tmp_path / "run" / "report.html").read_text()
+
+
+# --- imgcls train --dedupe -------------------------------------------------------------------------------------
+
+DROPPED = {  # what --dedupe drops of the dirty folder: file -> (reason, the copy kept)
+    "train/cat/copy.bmp": ("duplicate", "train/cat/000.png"),
+    "train/dog/reencoded.jpg": ("duplicate", "train/dog/000.png"),
+    "train/fox/resized.png": ("duplicate", "train/fox/000.png"),
+    "train/cat/cropped.png": ("duplicate", "train/cat/001.png"),
+    "train/dog/mirror.png": ("duplicate", "train/dog/001.png"),
+    "train/fox/001.png": ("leak", "test/fox/leak.jpg"),  # the test copy stays, the train one goes
+    "train/cat/002.png": ("conflict", None),  # a cat and a fox: neither label can be trusted
+    "train/fox/mislabeled.png": ("conflict", None),
+}
+
+
+def test_dedupe_keeps_one_copy_per_group_and_none_of_a_conflict(dirty):
+    data = load_dataset(str(dirty))
+    kept, dropped = dedupe(data)
+    assert {d["file"]: (d["reason"], d["kept"]) for d in dropped} == DROPPED
+    assert {d["file"]: (d["split"], d["class"]) for d in dropped}["train/fox/001.png"] == ("train", "fox")
+    assert {s: set(files) for s, files in kept.items()} == {s: set(data.split_files[s]) - set(DROPPED) for s in kept}
+    again = load_dataset(str(dirty), split_files=kept)
+    assert check(again).groups == []  # no copy left in two splits, nor twice in one
+
+
+@pytest.mark.report
+def test_train_dedupe_records_the_drops_and_evaluate_sees_the_same_data(dirty, capsys, tmp_path):
+    run = tmp_path / "run"
+    code, out, err = run_cli(
+        capsys, "train", "--data", dirty, "--dedupe", "--model", "mlp", "--epochs", "1", "--image-size", "32", "--out", run
+    )
+    assert code == 0, err
+    assert "--dedupe dropped 8 images: 5 extra copies within a split, 1 copies of an image kept in a later split, 2 copies" in out
+    split = json.loads((run / "split.json").read_text())
+    assert {d["file"]: (d["reason"], d["kept"]) for d in split["dropped"]} == DROPPED
+    assert not set(DROPPED) & {f for s in ("train", "val", "test") for f in split[s]}
+    assert json.loads((run / "config.json").read_text())["dedupe"] is True
+    assert json.loads((run / "health.json").read_text())["duplicates"]["groups"] == 0  # the run's own check finds none
+    code, out, err = run_cli(capsys, "evaluate", run, "--split", "train")
+    assert code == 0, err
+    assert f"train: {len(split['train'])} images" in out
+    assert len(split["train"]) == len(load_dataset(str(dirty)).train) - len(DROPPED)
+
+
+def test_without_dedupe_the_split_is_the_seeds(dirty, capsys, tmp_path):
+    code, out, err = run_cli(capsys, "train", "--data", dirty, "--model", "mlp", "--epochs", "1", "--image-size", "32", "--out", tmp_path)
+    assert code == 0, err
+    assert "--dedupe" not in out
+    assert json.loads((tmp_path / "split.json").read_text()) == load_dataset(str(dirty)).split_files
+    assert json.loads((tmp_path / "config.json").read_text())["dedupe"] is False
+
+
+def test_dedupe_of_a_named_dataset_is_refused_in_one_line(capsys):
+    err = one_line_error(capsys, "train", "--data", "mnist-sample", "--dedupe")
+    assert "mnist-sample is a named dataset without files: drop --dedupe" in err

@@ -30,6 +30,13 @@ def _add_setup(p) -> None:
     p.add_argument("--label-smoothing", metavar="EPS", type=float, help="[recipe: digits 0.1, others 0.2]")
     p.add_argument("--seed", metavar="N", type=int, help="seed for init, splits, order and augmentation [0]")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="[auto]")
+    p.add_argument(
+        "--dedupe",
+        action="store_true",
+        default=None,
+        help="image folders: keep one copy of each group of exact or near duplicates (in test, else val, else train) and none of a "
+        "picture filed under two classes; split.json lists the files dropped and why [off]",
+    )
     p.add_argument("--val-fraction", metavar="F", type=float, help="part of train held out for validation when there is no val split [0.1]")
     p.add_argument(
         "--image-size",
@@ -285,6 +292,7 @@ SETUP_KEYS = [
     "data", "data_dir", "recipe", "model", "batch_size", "optimizer", "weight_decay", "label_smoothing", "seed", "device",
     "val_fraction", "image_size", "dropout", "hidden_size", "layers", "bidirectional", "pool", "clip_grad", "augment", "crop_padding",
     "flip", "rotate", "crop_scale", "precision", "weights", "pretrained", "lr_mult", "whiten", "dirac", "bn_scale", "alternate_flips",
+    "dedupe",
 ]  # fmt: skip
 TRAIN_KEYS = [*SETUP_KEYS, "epochs", "lr", "schedule", "patience", "tta", "tta_shift", "ema", "compile", "freeze_epochs", "sync_bn"]
 

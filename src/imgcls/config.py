@@ -94,6 +94,7 @@ class TrainConfig:
     freeze_epochs: int | None = None  # starting from weights: epochs of the head alone (backbone frozen) before the rest
     lr_mult: float | None = None  # starting from weights: the first layers learn at lr / lr_mult, the head at lr
     clip_grad: float | None = None  # largest gradient norm of a step (clip_grad_norm_); 0 = no clipping
+    dedupe: bool = False  # folders: one copy of each duplicate group, none of a conflict (data.health.dedupe)
 
     def to_dict(self) -> dict:
         return asdict(self)
