@@ -253,6 +253,11 @@ def _add_datasets(sub) -> None:
     action.add_argument("--show", metavar="NAME|PATH", help="print this dataset's class counts and save a grid of samples per class")
     action.add_argument("--check", metavar="NAME|PATH", help="check this dataset's health: duplicates, leaks, odd files, balance")
     p.add_argument("--data-dir", metavar="DIR", help="where named datasets live")
+    p.add_argument(
+        "--label-errors", action="store_true", help="--check: also rank likely label errors, each image predicted by one of --folds "
+        "quick models (the fast recipe, from scratch) that did not train on it (confident learning)",
+    )  # fmt: skip
+    p.add_argument("--folds", metavar="K", type=int, default=5, help="--label-errors: cross-validation folds, models trained [5]")
     p.add_argument("--per-class", metavar="N", type=int, default=8, help="sample images per class in the grid [8]")
     p.add_argument(
         "--out", metavar="PATH", help="--show: the grid's file [<dataset>-samples.png]; --check: the folder for health.json "
@@ -524,6 +529,8 @@ def cmd_serve(args) -> int:
 def cmd_datasets(args) -> int:
     from imgcls.data import DATASETS
 
+    if args.label_errors and not args.check:
+        raise ImgclsError("--label-errors goes with --check: imgcls datasets --check NAME_OR_FOLDER --label-errors")
     if args.show:
         return show_dataset(args)
     if args.check:
@@ -560,7 +567,14 @@ def check_health(args) -> int:
     from imgcls.report.health import summary_text, write_findings
 
     out = writable("--out", args.out, folder=True) or Path(f"{dataset_name(args.check)}-health")
+    if args.label_errors:
+        from imgcls.crossval import check_folds, cross_validated
+
+        check_folds(args.folds)
     data, health = check_dataset(args.check, args.data_dir)
+    if args.label_errors:
+        health.label_errors = cross_validated(data, args.folds)
+        health.seconds["label_errors"] = health.label_errors.seconds
     written = write_findings(health, out, root=Path(args.check).expanduser() if is_folder_spec(args.check) else None)
     print(summary_text(health))
     seconds = ", ".join(f"{stage} {s:.1f}s" for stage, s in health.seconds.items())

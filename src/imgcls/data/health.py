@@ -618,6 +618,17 @@ def label_issues(probs: torch.Tensor, labels: torch.Tensor) -> LabelIssues:
     return LabelIssues(flagged, labels[flagged], suggested[flagged], probs[flagged, labels[flagged]], probs[flagged, suggested[flagged]])
 
 
+class CrossValidated(NamedTuple):
+    """Likely label errors of every image, from the predictions of models that did not train on it (imgcls.crossval)."""
+
+    issues: LabelIssues  # index: into the dataset's images, train then val then test
+    folds: int
+    epochs: int
+    model: str
+    accuracy: float  # of the held-out predictions
+    seconds: float
+
+
 # --- the whole check ------------------------------------------------------------------------------------------
 
 
@@ -633,6 +644,7 @@ class Health:
     flips: bool  # mirror images counted as copies
     files_checked: bool  # headers read (a folder), or pixels only (a named dataset)
     seconds: dict[str, float] = field(default_factory=dict)
+    label_errors: CrossValidated | None = None  # when asked for (--label-errors)
 
     def counts(self) -> dict[str, list[int]]:
         return class_counts(self.items, len(self.classes))
