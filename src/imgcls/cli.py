@@ -37,6 +37,13 @@ def _add_setup(p) -> None:
     p.add_argument("--label-smoothing", metavar="EPS", type=float, help="[recipe: digits 0.1, others 0.2]")
     p.add_argument("--seed", metavar="N", type=int, help="seed for init, splits, order and augmentation [0]")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="[auto]")
+    p.add_argument(
+        "--dedupe",
+        action="store_true",
+        default=None,
+        help="image folders: keep one copy of each group of exact or near duplicates (in test, else val, else train) and none of a "
+        "picture filed under two classes; split.json lists the files dropped and why [off]",
+    )
     p.add_argument("--val-fraction", metavar="F", type=float, help="part of train held out for validation when there is no val split [0.1]")
     p.add_argument(
         "--image-size",
@@ -274,6 +281,11 @@ def _add_datasets(sub) -> None:
     action.add_argument("--show", metavar="NAME|PATH", help="print this dataset's class counts and save a grid of samples per class")
     action.add_argument("--check", metavar="NAME|PATH", help="check this dataset's health: duplicates, leaks, odd files, balance")
     p.add_argument("--data-dir", metavar="DIR", help="where named datasets live")
+    p.add_argument(
+        "--label-errors", action="store_true", help="--check: also rank likely label errors, each image predicted by one of --folds "
+        "quick models (the fast recipe, from scratch) that did not train on it (confident learning)",
+    )  # fmt: skip
+    p.add_argument("--folds", metavar="K", type=int, default=5, help="--label-errors: cross-validation folds, models trained [5]")
     p.add_argument("--per-class", metavar="N", type=int, default=8, help="sample images per class in the grid [8]")
     p.add_argument(
         "--out", metavar="PATH", help="--show: the grid's file [<dataset>-samples.png]; --check: the folder for health.json "
@@ -313,7 +325,7 @@ SETUP_KEYS = [
     "data", "data_dir", "recipe", "model", "batch_size", "optimizer", "weight_decay", "label_smoothing", "seed", "device",
     "val_fraction", "image_size", "dropout", "hidden_size", "layers", "bidirectional", "pool", "clip_grad", "augment", "crop_padding",
     "flip", "rotate", "crop_scale", "precision", "weights", "pretrained", "lr_mult", "whiten", "dirac", "bn_scale", "alternate_flips",
-    "momentum", "norm_lr_mult", "width", "logit_scale", "pad_mode",
+    "momentum", "norm_lr_mult", "width", "logit_scale", "pad_mode", "dedupe",
 ]  # fmt: skip
 TRAIN_KEYS = [
     *SETUP_KEYS, "epochs", "lr", "schedule", "patience", "tta", "tta_shift", "ema", "lookahead", "compile", "freeze_epochs", "sync_bn",
@@ -547,6 +559,8 @@ def cmd_serve(args) -> int:
 def cmd_datasets(args) -> int:
     from imgcls.data import DATASETS
 
+    if args.label_errors and not args.check:
+        raise ImgclsError("--label-errors goes with --check: imgcls datasets --check NAME_OR_FOLDER --label-errors")
     if args.show:
         return show_dataset(args)
     if args.check:
@@ -583,7 +597,14 @@ def check_health(args) -> int:
     from imgcls.report.health import summary_text, write_findings
 
     out = writable("--out", args.out, folder=True) or Path(f"{dataset_name(args.check)}-health")
+    if args.label_errors:
+        from imgcls.crossval import check_folds, cross_validated
+
+        check_folds(args.folds)
     data, health = check_dataset(args.check, args.data_dir)
+    if args.label_errors:
+        health.label_errors = cross_validated(data, args.folds)
+        health.seconds["label_errors"] = health.label_errors.seconds
     written = write_findings(health, out, root=Path(args.check).expanduser() if is_folder_spec(args.check) else None)
     print(summary_text(health))
     seconds = ", ".join(f"{stage} {s:.1f}s" for stage, s in health.seconds.items())

@@ -105,6 +105,7 @@ class TrainConfig:
     lr_mult: float | None = None  # starting from weights: the first layers learn at lr / lr_mult, the head at lr
     clip_grad: float | None = None  # largest gradient norm of a step (clip_grad_norm_); 0 = no clipping
     norm_lr_mult: float | None = None  # biases and norm weights learn at lr * this
+    dedupe: bool = False  # folders: one copy of each duplicate group, none of a conflict (data.health.dedupe)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,6 +27,7 @@ from imgcls.config import MODEL_OPTIONS, TrainConfig, check, fill_defaults
 from imgcls.data import dataset_name, load_dataset
 from imgcls.data.augment import prepare
 from imgcls.data.core import Dataset, Split
+from imgcls.data.health import dedupe, dedupe_line
 from imgcls.data.registry import is_folder_spec
 from imgcls.device import amp_dtype, autocast, pick_device, use_channels_last
 from imgcls.errors import ImgclsError
@@ -471,10 +473,19 @@ def load_run_data(cfg: TrainConfig, split_files=None) -> Dataset:
     # Folders of photos without --image-size: ImageNet's 224 on a GPU; 128 on a CPU, where ResNet-18 trains 2.3x slower at 224
     # (bench/RESULTS.md). The side chosen goes into config.json, so resume and evaluate decode the same.
     default_size = GPU_IMAGE_SIZE if pick_device(cfg.device).type == "cuda" else CPU_IMAGE_SIZE
-    return load_dataset(
-        cfg.data, data_dir=cfg.data_dir, seed=cfg.seed, val_fraction=cfg.val_fraction, image_size=cfg.image_size, split_files=split_files,
+    if cfg.dedupe and not is_folder_spec(cfg.data):
+        raise ImgclsError(
+            f"--dedupe drops files and lists them in the run's split.json; {cfg.data} is a named dataset without files: drop --dedupe "
+            f"(`imgcls datasets --check {cfg.data}` shows its duplicates)"
+        )
+    load = partial(
+        load_dataset, cfg.data, data_dir=cfg.data_dir, seed=cfg.seed, val_fraction=cfg.val_fraction, image_size=cfg.image_size,
         default_size=default_size,
     )  # fmt: skip
+    if cfg.dedupe and split_files is None:  # the seed's split less the copies; resume and evaluate replay what split.json keeps
+        kept, dropped = dedupe(load())
+        return replace(load(split_files=kept), dropped=dropped)
+    return load(split_files=split_files)
 
 
 def setup(cfg: TrainConfig) -> tuple[TrainConfig, Dataset, Weights | None]:
@@ -505,7 +516,9 @@ def _initial_weights(cfg: TrainConfig, data: Dataset) -> Weights | None:
 
 def _record_data(data: Dataset, run_dir: Path) -> None:
     if data.split_files is not None:
-        write_json(run_dir / "split.json", data.split_files)
+        write_json(run_dir / "split.json", {**data.split_files, **({"dropped": data.dropped} if data.dropped is not None else {})})
+    if data.dropped is not None:
+        print(dedupe_line(data.dropped, data.split_files), flush=True)
     if data.skipped:
         write_text(run_dir / "skipped_files.txt", "\n".join(data.skipped) + "\n")
         print(f"skipped {len(data.skipped)} unreadable files (listed in {run_dir / 'skipped_files.txt'})", file=sys.stderr)
