@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_folder, one_line_error, run_cli, save_checkpoint
+from conftest import SHARED_DATA, make_folder, needs_shared_data, one_line_error, run_cli, save_checkpoint
 from imgcls.autoencode import train as ae_train
 from imgcls.autoencode.models import AutoEncoder
 from imgcls.autoencode.train import encode, load_checkpoint, load_model
@@ -217,3 +217,15 @@ def test_bad_inputs_give_one_line(ae_run, capsys, tmp_path):
     assert "not an imgcls checkpoint" in one_line_error(capsys, "predict", ae_run, tmp_path / "imgs")
     code, out, err = run_cli(capsys, "embed", ae_run, tmp_path / "imgs", tmp_path / "notes.png", "--out", "e.csv")
     assert code == 1 and "cannot read" in err and "notes.png" in err and len(rows(tmp_path / "e.csv")) == 1
+
+
+@pytest.mark.slow
+@needs_shared_data
+@pytest.mark.parametrize("variational", [False, True])
+@pytest.mark.parametrize("data", [["--data", "mnist", "--data-dir", SHARED_DATA], ["--data", SHARED_DATA / "cifar10-jpeg"]])
+def test_real_data_reconstructs_far_better_than_the_mean_image(capsys, data, variational):
+    code, _, err = run_cli(capsys, "autoencode", *data, *(["--variational"] if variational else []), "--out", "run")
+    assert code == 0, err
+    summary = json.loads(Path("run/summary.json").read_text())
+    assert summary["test_images"] == 10_000 and summary["epochs_run"] == 1
+    assert summary["test_mse"] < 0.5 * summary["mean_image_mse"]

@@ -196,8 +196,9 @@ def render(run_dir: Path, shown: dict[str, str], config: dict, summary: dict, hi
 <h1>{escape(title)}</h1>
 <p>A {escape(kind)} on {escape(summary["dataset"])}; figures on the test set with the best checkpoint (best.pt, lowest validation
 loss). Reconstruction MSE is per pixel, with pixels in [0, 1]; the baseline predicts every test image as the mean training image.
-The latent map projects the codes (a VAE's mean codes) on their first two principal components (PCA). anomalies.csv ranks every
-test image by its reconstruction MSE.</p>
+A VAE's training figures decode sampled codes, its validation and test figures its mean codes. The latent map projects the
+codes (a VAE's mean codes) on their first two principal components (PCA). anomalies.csv ranks every test image by its
+reconstruction MSE.</p>
 <div class="figures">{boxes}</div>
 {sections}
 <div class="columns">
