@@ -181,8 +181,11 @@ def render(run_dir: Path, shown: dict[str, str], config: dict, summary: dict, hi
     ]
     boxes = "".join(f'<div class="figure">{escape(label)}<b>{escape(value)}</b></div>' for label, value in figures)
     sections = "\n".join(f"<h2>{escape(heading)}</h2>\n<p>{_image(run_dir / name, heading)}</p>" for name, heading in shown.items())
+    kl = summary["kind"] == "vae"  # a plain autoencoder's KL columns would be all zeros
+    header = ["epoch", "train MSE", *(["train KL"] if kl else []), "val MSE", *(["val KL"] if kl else []), "lr", "seconds"]
     epochs = [
-        [r["epoch"], f"{r['train_mse']:.5f}", f"{r['train_kl']:.2f}", f"{r['val_mse']:.5f}", f"{r['val_kl']:.2f}", f"{r['lr']:.3g}", f"{r['seconds']:.1f}"]
+        [r["epoch"], f"{r['train_mse']:.5f}", *([f"{r['train_kl']:.2f}"] if kl else []), f"{r['val_mse']:.5f}",
+         *([f"{r['val_kl']:.2f}"] if kl else []), f"{r['lr']:.3g}", f"{r['seconds']:.1f}"]
         for r in history
     ]  # fmt: skip
     return f"""<!DOCTYPE html>
@@ -203,7 +206,7 @@ reconstruction MSE.</p>
 {sections}
 <div class="columns">
 <div><h2>Epochs</h2>
-{_table(["epoch", "train MSE", "train KL", "val MSE", "val KL", "lr", "seconds"], epochs, numeric=set(range(7)))}</div>
+{_table(header, epochs, numeric=set(range(len(header))))}</div>
 <div><h2>Config</h2>
 {_table(["setting", "value"], [[k, v] for k, v in config.items()])}</div>
 </div>
