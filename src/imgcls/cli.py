@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from imgcls import __version__
+from imgcls.autoencode import commands as autoencode_commands
 from imgcls.errors import ImgclsError
 
 
@@ -318,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in (_add_train, _add_lr_find, _add_evaluate, _add_report, _add_predict, _add_export, _add_serve, _add_datasets, _add_models):
         add(sub)
+    autoencode_commands.add_parsers(sub)  # autoencode, embed
     return parser
 
 

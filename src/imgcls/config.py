@@ -144,14 +144,7 @@ def check(cfg: TrainConfig) -> None:
     ):
         if value is not None and value not in choices:
             raise ImgclsError(f"unknown {name} '{value}': choose one of {', '.join(choices)}")
-    for name, (kind, allowed, wanted) in LIMITS.items():
-        value, flag = getattr(cfg, name), "--" + name.replace("_", "-")
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral if kind is int else numbers.Real):
-            raise ImgclsError(f"{flag} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-        if not allowed(value):
-            raise ImgclsError(f"{flag} must be {wanted}, got {value}")
+    check_limits(cfg, LIMITS)
     if cfg.sync_bn and pick_device(cfg.device).type != "cuda":
         raise ImgclsError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only): drop it, or train with --device cuda")
     if cfg.precision == "fp16" and pick_device(cfg.device).type == "cpu":
@@ -165,6 +158,18 @@ def check(cfg: TrainConfig) -> None:
             flag = "--" + option.replace("_", "-")
             takers = [name for name in MODELS if option in model_options(name)]
             raise ImgclsError(f"{flag} applies to: {', '.join(takers)}; model '{cfg.model}' has no {option.replace('_', ' ')} option")
+
+
+def check_limits(cfg, limits: dict) -> None:
+    """Each numeric setting of `cfg` named in `limits` (as LIMITS) of the right type and in range; None is unset."""
+    for name, (kind, allowed, wanted) in limits.items():
+        value, flag = getattr(cfg, name), "--" + name.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral if kind is int else numbers.Real):
+            raise ImgclsError(f"{flag} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+        if not allowed(value):
+            raise ImgclsError(f"{flag} must be {wanted}, got {value}")
 
 
 def fill_defaults(cfg: TrainConfig, data: Dataset) -> TrainConfig:
