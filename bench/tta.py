@@ -3,6 +3,7 @@
     python bench/tta.py --task mnist --data-dir ../shared/data
     python bench/tta.py --task cifar10 --data-dir ../shared/data --baseline-cap 900
 
+CIFAR-10's targets are 90% (fast recipe) and 94% (accurate), with the fast run's time to 85% also printed.
 The clock counts training only (data already in memory, as a user's run after loading): at every check
 the model is tested on the test set with the clock stopped, and the first check at or above a target
 stops the clock for that target. The test set is read for nothing else. The baseline is the tutorial
@@ -39,11 +40,12 @@ class Task:
     targets: tuple[float, float]  # first (fast recipe, and the baseline), second (accurate recipe)
     check_images: int  # training images between test-set checks, for imgcls and the baseline alike
     baseline_cap: float  # seconds
+    milestones: tuple[float, ...] = ()  # lower accuracies whose time the fast recipe's run also reports
 
 
 TASKS = {
     "mnist": Task("mnist", (0.99, 0.995), 15_000, 900.0),
-    "cifar10": Task("cifar10-jpeg", (0.85, 0.90), 45_000, 900.0),
+    "cifar10": Task("cifar10-jpeg", (0.90, 0.94), 45_000, 900.0, milestones=(0.85,)),
 }
 
 
@@ -60,7 +62,7 @@ class Curve:
         print(f"  {seconds:8.1f}s  {images:>9,} images  test {accuracy:.2%}", flush=True)
 
     def reached(self, target: float) -> tuple[float, float] | None:
-        return next(((s, a) for s, _, a in self.points if a >= target), None)
+        return next(((s, a) for s, _, a in self.points if round(a, 6) >= target), None)  # 9,000 of 10,000 in float32 is 0.89999998
 
     @property
     def best(self) -> float:
@@ -261,6 +263,11 @@ def main(argv=None) -> int:
     result["imgcls_seconds"] = statistics.median(h[0] for h in hits) if all(hits) else None
     result["imgcls_accuracy"] = statistics.median(r["accuracy"] for r in result["imgcls_runs"])
     curve, trainer = runs[0]
+    for milestone in task.milestones:
+        hit = curve.reached(milestone)
+        result[f"imgcls_seconds_to_{milestone:g}"] = hit and hit[0]
+    # A user's run ends with one test pass, with TTA's views: its time is the part of the checks' time per check.
+    result["test_pass_seconds"] = round(curve.eval_seconds / len(curve.points), 1)
     # From the benchmark's clock, which stops during the test-set checks (the Trainer's epoch timer does not).
     seconds, images, _ = curve.points[-1]
     result["train_images_per_second"] = round(images / max(seconds, 1e-9), 1)
@@ -293,7 +300,8 @@ def main(argv=None) -> int:
             result["imgcls_seconds_to_baseline_accuracy"] = imgcls_hit[0]
             result["speedup_at_baseline_accuracy"] = round(base.reached(base.best)[0] / imgcls_hit[0], 1)
 
-    rows = [("imgcls fast", task.targets[0], result["imgcls_seconds"], result["imgcls_accuracy"])]
+    rows = [("imgcls fast", m, *(runs[0][0].reached(m) or (None, runs[0][0].best))) for m in task.milestones]
+    rows.append(("imgcls fast", task.targets[0], result["imgcls_seconds"], result["imgcls_accuracy"]))
     if "second" in result:
         rows.append(("imgcls accurate", task.targets[1], result["second"]["imgcls_seconds"], result["second"]["imgcls_accuracy"]))
     if not args.no_baseline:
@@ -303,6 +311,7 @@ def main(argv=None) -> int:
         print(f"{name:<16} {target:>7.1%} {fmt_seconds(seconds):>15} {accuracy:>9.2%}")
     bound = " (at least)" if result.get("speedup_is_lower_bound") else ""
     speedup = "n/a" if result["speedup"] is None else f"{result['speedup']}x{bound}"
+    print(f"one test pass (with the recipe's TTA) takes {result['test_pass_seconds']}s more, not in the times above")
     print(
         f"speedup {speedup}; train {result['train_images_per_second']:,} img/s, inference "
         f"{result['inference_images_per_second']:,} img/s, peak memory {result['peak_memory_mb']} MB, {result['torch_threads']} threads on {device}"

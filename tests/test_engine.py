@@ -108,7 +108,7 @@ def test_resume_after_interrupt_equals_an_uninterrupted_run(tmp_path, stop_at):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     trainer = trainer_for(tmp_path, tiny_dataset(n_train=256), epochs=3)
-    trainer.on_step = lambda t: t.progress.epoch == 1 and t.optimizer.param_groups[0].update(lr=1e12)
+    trainer.on_step = lambda t: t.progress.epoch == 1 and [g.update(lr=1e12) for g in t.optimizer.param_groups]
     with pytest.raises(ImgclsError, match=r"loss became (nan|inf) in epoch 2.*last.pt keeps the last good state \(epoch 1\).*lower --lr"):
         trainer.fit()
     ckpt = checkpoint.load(tmp_path / "run", which="last")

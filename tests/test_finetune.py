@@ -70,7 +70,7 @@ def test_discriminative_learning_rates_rise_from_lr_over_lr_mult_to_lr_at_the_he
     assert all((g["weight_decay"] == 0) == all(p.ndim <= 1 for p in g["params"]) for g in groups)
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     same = finetune.param_groups(model, model.fc, lr=1e-3, lr_mult=1, weight_decay=0.01)
-    assert {g["lr"] for g in same} == {1e-3} and len(same) == 2
+    assert {g["lr"] for g in same} == {1e-3} and len(same) == 3  # norms, other biases, weights
 
 
 def test_the_frozen_stage_trains_the_head_alone_on_features_computed_once(capsys, monkeypatch, digit_run, digits):

@@ -18,6 +18,7 @@ from imgcls.data.health import (
     check,
     check_dataset,
     components,
+    dedupe,
     duplicate_file_groups,
     find_duplicates,
     fingerprints,
@@ -277,3 +278,118 @@ def test_a_training_run_on_a_folder_writes_the_health_section(dirty, capsys, tmp
     report = json.loads((tmp_path / "run" / "health.json").read_text())
     assert report["duplicates"]["groups"] == len(EXPECTED) and "test_accuracy_without_train_copies" in report["run"]
     assert "<h2>Dataset health</h2>" in (tmp_path / "run" / "report.html").read_text()
+
+
+# --- imgcls train --dedupe -------------------------------------------------------------------------------------
+
+DROPPED = {  # what --dedupe drops of the dirty folder: file -> (reason, the copy kept)
+    "train/cat/copy.bmp": ("duplicate", "train/cat/000.png"),
+    "train/dog/reencoded.jpg": ("duplicate", "train/dog/000.png"),
+    "train/fox/resized.png": ("duplicate", "train/fox/000.png"),
+    "train/cat/cropped.png": ("duplicate", "train/cat/001.png"),
+    "train/dog/mirror.png": ("duplicate", "train/dog/001.png"),
+    "train/fox/001.png": ("leak", "test/fox/leak.jpg"),  # the test copy stays, the train one goes
+    "train/cat/002.png": ("conflict", None),  # a cat and a fox: neither label can be trusted
+    "train/fox/mislabeled.png": ("conflict", None),
+}
+
+
+def test_dedupe_keeps_one_copy_per_group_and_none_of_a_conflict(dirty):
+    data = load_dataset(str(dirty))
+    kept, dropped = dedupe(data)
+    assert {d["file"]: (d["reason"], d["kept"]) for d in dropped} == DROPPED
+    assert {d["file"]: (d["split"], d["class"]) for d in dropped}["train/fox/001.png"] == ("train", "fox")
+    assert {s: set(files) for s, files in kept.items()} == {s: set(data.split_files[s]) - set(DROPPED) for s in kept}
+    again = load_dataset(str(dirty), split_files=kept)
+    assert check(again).groups == []  # no copy left in two splits, nor twice in one
+
+
+@pytest.mark.report
+def test_train_dedupe_records_the_drops_and_evaluate_sees_the_same_data(dirty, capsys, tmp_path):
+    run = tmp_path / "run"
+    code, out, err = run_cli(
+        capsys, "train", "--data", dirty, "--dedupe", "--model", "mlp", "--epochs", "1", "--image-size", "32", "--out", run
+    )
+    assert code == 0, err
+    assert "--dedupe dropped 8 images: 5 extra copies within a split, 1 copies of an image kept in a later split, 2 copies" in out
+    split = json.loads((run / "split.json").read_text())
+    assert {d["file"]: (d["reason"], d["kept"]) for d in split["dropped"]} == DROPPED
+    assert not set(DROPPED) & {f for s in ("train", "val", "test") for f in split[s]}
+    assert json.loads((run / "config.json").read_text())["dedupe"] is True
+    assert json.loads((run / "health.json").read_text())["duplicates"]["groups"] == 0  # the run's own check finds none
+    code, out, err = run_cli(capsys, "evaluate", run, "--split", "train")
+    assert code == 0, err
+    assert f"train: {len(split['train'])} images" in out
+    assert len(split["train"]) == len(load_dataset(str(dirty)).train) - len(DROPPED)
+
+
+def test_without_dedupe_the_split_is_the_seeds(dirty, capsys, tmp_path):
+    code, out, err = run_cli(capsys, "train", "--data", dirty, "--model", "mlp", "--epochs", "1", "--image-size", "32", "--out", tmp_path)
+    assert code == 0, err
+    assert "--dedupe" not in out
+    assert json.loads((tmp_path / "split.json").read_text()) == load_dataset(str(dirty)).split_files
+    assert json.loads((tmp_path / "config.json").read_text())["dedupe"] is False
+
+
+def test_dedupe_of_a_named_dataset_is_refused_in_one_line(capsys):
+    err = one_line_error(capsys, "train", "--data", "mnist-sample", "--dedupe")
+    assert "mnist-sample is a named dataset without files: drop --dedupe" in err
+
+
+# --- imgcls datasets --check --label-errors ----------------------------------------------------------------------
+
+TINTS = {"blue": (40, 60, 200), "green": (40, 180, 60), "red": (200, 40, 40)}
+MISLABELED = {"green/wrong0.png": "red", "blue/wrong1.png": "green", "red/wrong2.png": "blue", "green/wrong3.png": "blue"}  # file: shown
+
+
+def tinted(rng: np.random.Generator, tint: tuple[int, int, int], side: int = 32) -> Image.Image:
+    """A picture of a class: its tint (give or take 30) shaded top to bottom, under small blobs of any colour. The tint
+    shows in every picture, so the models are sure of each (confident learning's class thresholds, the mean
+    probability of a class on the images given it, then sit clear of a typical picture's)."""
+    base = np.array(tint) + rng.integers(-30, 31, 3)
+    shade = np.linspace(0.7, 1.1, side)[:, None, None]
+    image = Image.fromarray(np.broadcast_to(base * shade, (side, side, 3)).clip(0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    for _ in range(3):
+        x, y = rng.integers(0, side, 2)
+        w, h = rng.integers(3, side // 4, 2)
+        draw.ellipse([x, y, x + w, y + h], fill=tuple(int(c) for c in rng.integers(0, 256, 3)))
+    noisy = np.asarray(image).astype(np.int16) + rng.integers(-10, 11, (side, side, 3))
+    return Image.fromarray(noisy.clip(0, 255).astype(np.uint8))
+
+
+def mislabeled_folder(root: Path, per_class: int = 40) -> Path:
+    """A flat folder of three tinted classes, and MISLABELED: pictures of one class filed under another."""
+    rng = np.random.default_rng(0)
+    for c, tint in TINTS.items():
+        (root / c).mkdir(parents=True)
+        for i in range(per_class):
+            tinted(rng, tint).save(root / c / f"{i:03d}.png")
+    for f, shown in MISLABELED.items():
+        tinted(rng, TINTS[shown]).save(root / f)
+    return root
+
+
+@pytest.mark.report
+def test_label_errors_cross_validated_rank_the_mislabeled_first(capsys, tmp_path):
+    """Every image predicted by a model that never saw it: the planted ones come first, the given label's probability
+    near zero (the margins measured over seeds and precisions are in bench/RESULTS.md)."""
+    root = mislabeled_folder(tmp_path / "tinted")
+    code, out, err = run_cli(capsys, "datasets", "--check", root, "--label-errors", "--folds", "4", "--out", tmp_path / "health")
+    assert code == 0, err
+    assert "likely label errors (confident learning on 4-fold cross-validated predictions: speednet" in out
+    report = json.loads((tmp_path / "health" / "health.json").read_text())["label_errors"]
+    top = report["list"][: len(MISLABELED)]
+    assert {(e["file"], e["suggested"]) for e in top} == set(MISLABELED.items())
+    assert max(e["given_probability"] for e in top) < 0.05
+    assert all(e["given_probability"] > 0.15 for e in report["list"][len(MISLABELED) :])
+    assert report["folds"] == 4 and report["held_out_accuracy"] > 0.9
+    with Image.open(tmp_path / "health" / "health_label_errors_cv.png") as image:
+        assert min(image.size) >= 200
+
+
+def test_label_errors_bad_input_is_one_line(capsys, tmp_path):
+    assert "--folds must be between 2 and 20, got 1" in one_line_error(
+        capsys, "datasets", "--check", "mnist-sample", "--label-errors", "--folds", "1"
+    )
+    assert "--label-errors goes with --check" in one_line_error(capsys, "datasets", "--label-errors")

@@ -35,7 +35,30 @@ def test_fast_recipe_is_the_default_and_sizes_epochs_by_images_shown():
     assert full.crop_padding == 0 and small.crop_padding == 2  # shifts only when each digit comes back many times
     assert not small.flip and not small.tta  # a mirrored digit is another digit
     cifar = fill_defaults(TrainConfig(), colour())
-    assert cifar.model == "speednet" and cifar.flip and cifar.tta and cifar.label_smoothing > 0 and cifar.epochs == 10
+    assert cifar.model == "speednet" and cifar.flip and cifar.tta and cifar.label_smoothing > 0 and cifar.epochs == 12
+
+
+def test_small_colour_images_get_airbench_settings_scaled_to_the_batch():
+    cifar = fill_defaults(TrainConfig(), colour())
+    assert (cifar.width, cifar.whiten, cifar.dirac, cifar.bn_scale, cifar.lookahead) == (64, True, True, False, True)
+    assert (cifar.batch_size, cifar.lr, cifar.momentum, cifar.norm_lr_mult, cifar.schedule) == (1024, 1.5, 0.85, 64.0, "linear")
+    assert cifar.alternate_flips and cifar.tta_shift == 1
+    assert fill_defaults(TrainConfig(batch_size=256), colour()).lr == 1.5 / 4  # the lr per image stays
+    small = fill_defaults(TrainConfig(), colour(n_train=500))
+    assert small.batch_size == 64 and small.lr == 1.5 / 16 and small.epochs == 100  # a small folder still gets steps
+    unflipped = fill_defaults(TrainConfig(flip=False), colour())
+    assert not (unflipped.alternate_flips or unflipped.tta or unflipped.tta_shift)
+    # Another model, or photos, keep the general recipe; digits too
+    for cfg in (fill_defaults(TrainConfig(model="cnn"), colour()), fill_defaults(TrainConfig(), colour(n_train=500, side=128))):
+        assert (cfg.schedule, cfg.momentum, cfg.norm_lr_mult, cfg.lookahead, cfg.width, cfg.whiten) == (
+            "onecycle",
+            0.9,
+            1.0,
+            False,
+            None,
+            None,
+        )
+    assert fill_defaults(TrainConfig(), digits()).momentum == 0.9
 
 
 def test_accurate_recipe_trains_longer_with_more_augmentation():
@@ -98,7 +121,7 @@ def test_tta_follows_the_users_flip_setting():
 def test_another_model_gets_the_optimizers_general_learning_rate():
     # The recipe's lr is tuned for its own model: at 0.2 the tutorial cnn diverged on CIFAR-10 in one seed of four.
     assert fill_defaults(TrainConfig(model="cnn"), colour()).lr == DEFAULT_LR["sgd"]
-    assert fill_defaults(TrainConfig(model="speednet"), colour()).lr == 0.2
+    assert fill_defaults(TrainConfig(model="speednet"), colour()).lr == 1.5
     assert fill_defaults(TrainConfig(model="cnn", lr=0.3), colour()).lr == 0.3
 
 

@@ -7,10 +7,10 @@ import torch.nn.functional as F
 
 from conftest import tiny_dataset
 from imgcls import checkpoint
-from imgcls.averaging import WeightAverage
+from imgcls.averaging import Lookahead, WeightAverage
 from imgcls.config import TrainConfig, check, fill_defaults
-from imgcls.data.augment import Augment, alternating_flip, prepare
-from imgcls.engine import Interrupted, Trainer
+from imgcls.data.augment import Augment, alternating_flip, prepare, random_crop
+from imgcls.engine import Interrupted, Trainer, triangle
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import predict_logits, shifted
 from imgcls.inference import Predictor
@@ -91,6 +91,17 @@ def test_alternating_flips_mirror_each_image_on_every_other_epoch():
     assert torch.equal(x, alternating_flip(images, index, 1).float() / 255)
 
 
+def test_reflect_padding_shifts_without_a_black_border():
+    images = torch.randint(1, 256, (200, 3, 6, 6), dtype=torch.uint8)  # no zero pixel anywhere
+    shifted_ = random_crop(images, 2, torch.Generator().manual_seed(0), mode="reflect")
+    assert (shifted_ > 0).all() and not torch.equal(shifted_, images)
+    reflected = torch.nn.functional.pad(images, (2,) * 4, mode="reflect")
+    for i in range(5):  # each image is some window of its reflected copy
+        windows = reflected[i].unfold(1, 6, 1).unfold(2, 6, 1)  # C, 5, 5, 6, 6
+        assert any(torch.equal(windows[:, y, x], shifted_[i]) for y in range(5) for x in range(5))
+    assert (random_crop(images, 2, torch.Generator().manual_seed(0)) == 0).any()  # zeros: a black border
+
+
 def test_shift_tta_averages_the_flipped_and_shifted_views():
     x = torch.randn(3, 2, 5, 5)
     assert torch.equal(shifted(x, 1)[..., 1:, 1:], x[..., :-1, :-1]) and torch.equal(shifted(x, -1)[..., :-1, :-1], x[..., 1:, 1:])
@@ -114,7 +125,7 @@ def speed_trainer(tmp_path, name="run", **options) -> Trainer:
     return Trainer(cfg, data, tmp_path / name)
 
 
-METHODS = dict(whiten=True, dirac=True, bn_scale=False, ema=0.9, alternate_flips=True, tta_shift=1)
+METHODS = dict(whiten=True, dirac=True, bn_scale=False, ema=0.9, alternate_flips=True, tta_shift=1, lookahead=True, width=8)
 
 
 def test_methods_round_trip_through_checkpoints(tmp_path):
@@ -122,7 +133,8 @@ def test_methods_round_trip_through_checkpoints(tmp_path):
     assert isinstance(trainer.model[0], PatchWhitening) and trainer.ema is not None
     trainer.fit()
     best, last = checkpoint.load(tmp_path / "run"), checkpoint.load(tmp_path / "run", which="last")
-    assert best["model_options"] == last["model_options"] == {"whiten": True, "dirac": True, "bn_scale": False}
+    assert best["model_options"] == last["model_options"] == {"width": 8, "whiten": True, "dirac": True, "bn_scale": False}
+    assert last["lookahead"]["total"] == trainer.steps_per_epoch
     assert last["config"]["tta_shift"] == 1 and last["config"]["alternate_flips"] and last["ema"]["updates"] == trainer.steps_per_epoch
     # best.pt holds the average (what was validated and tested), last.pt the trained weights beside it
     averaged, trained = last["ema"]["weights"], last["state_dict"]
@@ -148,8 +160,60 @@ def test_a_resumed_run_continues_the_average(tmp_path):
     resumed.load_last(checkpoint.load(tmp_path / "resumed", which="last"))
     resumed.fit()
     assert resumed.ema.updates == straight.ema.updates
+    for (k, v), w in zip(resumed.model.state_dict().items(), straight.model.state_dict().values()):  # the lookahead's pull too
+        assert torch.allclose(v.float(), w.float(), atol=1e-6), k
     for (k, v), w in zip(resumed.ema.module.state_dict().items(), straight.ema.module.state_dict().values()):
         assert torch.allclose(v, w, atol=1e-6), k
+
+
+def test_lookahead_pulls_the_weights_to_their_average_every_five_steps():
+    model = nn.Sequential(nn.Linear(3, 2), nn.BatchNorm1d(2))
+    lookahead = Lookahead(model, total_steps=10)
+    start = model[0].weight.detach().clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    lookahead.step(model, 4)  # not a fifth step: the weights run free
+    assert torch.equal(model[0].weight, start + 1)
+    lookahead.step(model, 5)
+    decay = Lookahead.DECAY * 0.5**3  # halfway: the pull is still weak
+    pulled = decay * start + (1 - decay) * (start + 1)
+    assert torch.allclose(model[0].weight, pulled)
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+    lookahead.settle(model)  # the end of an epoch: back to the average, without the steps since
+    assert torch.allclose(model[0].weight, pulled)
+    assert model[1].num_batches_tracked.dtype == torch.int64  # integer buffers are not averaged
+
+
+def test_linear_schedule_warms_up_from_a_fifth_then_decays_to_seven_percent(tmp_path):
+    assert [round(triangle(s, 100), 3) for s in (0, 23, 100)] == [0.2, 1.0, 0.07]
+    assert triangle(10, 100) < triangle(20, 100) and triangle(50, 100) > triangle(80, 100)
+    trainer = speed_trainer(tmp_path, schedule="linear", lr=0.1, norm_lr_mult=8.0, epochs=3)  # 4 steps an epoch
+    peaks = [g["lr"] for g in trainer.optimizer.param_groups]
+    assert sorted(set(peaks)) == pytest.approx([0.02, 0.16])  # each group starts at a fifth of its own peak (norms: 8x)
+    seen = []
+    trainer.on_step = lambda t: seen.append([g["lr"] for g in t.optimizer.param_groups])
+    trainer.fit()
+    total = 3 * trainer.steps_per_epoch
+    for step, lrs in enumerate(seen, 1):
+        assert lrs == pytest.approx([g["initial_lr"] * triangle(step, total) for g in trainer.optimizer.param_groups])
+
+
+def test_norm_layers_learn_at_the_multiplied_lr_other_biases_at_the_lr_and_neither_decays(tmp_path):
+    trainer = speed_trainer(tmp_path, lr=0.1, norm_lr_mult=8.0, weight_decay=1e-3, schedule="none")
+    norms = {id(p) for m in trainer.model.modules() if isinstance(m, nn.BatchNorm2d) for p in m.parameters()}
+    for group in trainer.optimizer.param_groups:
+        kinds = {"norm" if id(p) in norms else "bias" if p.ndim == 1 else "weight" for p in group["params"]}
+        assert len(kinds) == 1
+        want = {"norm": (0.8, 0.0), "bias": (0.1, 0.0), "weight": (0.1, 1e-3)}[kinds.pop()]
+        assert (group["lr"], group["weight_decay"]) == pytest.approx(want)
+    assert trainer.lr == 0.1  # what metrics.csv logs: the weights' lr
+
+
+def test_speednet_width_sets_its_channels():
+    model = create_model("speednet", (3, 32, 32), 10, width=16)
+    convs = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert convs == [8, 16, 16, 64, 64, 64, 64] and model[-1].in_features == 64
 
 
 @pytest.mark.parametrize(
@@ -158,6 +222,10 @@ def test_a_resumed_run_continues_the_average(tmp_path):
         ({"model": "cnn", "whiten": True}, r"--whiten applies to: speednet; model 'cnn' has no whiten option"),
         ({"ema": 1.0}, r"--ema must be in \[0, 1\)"),
         ({"tta_shift": 9}, r"--tta-shift must be between 0 and 4 pixels"),
+        ({"model": "cnn", "width": 32}, r"--width applies to: speednet"),
+        ({"norm_lr_mult": 0.0}, r"--norm-lr-mult must be positive"),
+        ({"schedule": "wave"}, r"unknown schedule 'wave'"),
+        ({"pad_mode": "wrap"}, r"unknown pad mode 'wrap'"),
     ],
 )
 def test_bad_method_options_are_one_line_errors(options, message):

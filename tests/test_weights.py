@@ -143,3 +143,21 @@ def test_a_resumed_run_continues_from_last_pt_not_from_the_initial_weights(sourc
     assert straight["progress"]["history"][1]["train_loss"] == resumed["progress"]["history"][1]["train_loss"]
     for k, v in straight["state_dict"].items():
         assert torch.equal(v, resumed["state_dict"][k]), k
+
+
+def test_a_run_started_from_a_speednet_run_builds_the_same_speednet(capsys):
+    """Without --model the weights' model is used, with its options (width, whitening stem, logit scale) unless given anew."""
+    shape = ["--model", "speednet", "--width", "8", "--whiten", "--logit-scale", "0.5"]
+    code, _, err = run_cli(capsys, "train", "--data", make_folder(Path("two")), *shape, "--epochs", "1", "--device", "cpu", "--out", "src")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "train", "--data", make_folder(Path("two")), "--weights", "src", "--epochs", "1", "--out", "dst")
+    assert code == 0, err
+    tensors = len(checkpoint.load(Path("src"))["state_dict"])
+    assert f"{tensors} tensors loaded, 0 skipped" in out
+    config = json.loads(Path("dst/config.json").read_text())
+    assert (config["model"], config["width"], config["whiten"], config["logit_scale"]) == ("speednet", 8, True, 0.5)
+    code, out, err = run_cli(
+        capsys, "train", "--data", make_folder(Path("two")), "--weights", "src", "--width", "16", "--epochs", "1", "--out", "wide"
+    )
+    assert code == 0, err
+    assert json.loads(Path("wide/config.json").read_text())["width"] == 16 and "0 skipped" not in out  # given anew: it wins

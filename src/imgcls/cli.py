@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from imgcls import __version__
+from imgcls.autoencode import commands as autoencode_commands
 from imgcls.errors import ImgclsError
 
 
@@ -24,12 +25,26 @@ def _add_setup(p) -> None:
         help="a built-in, torchvision or timm model (resnet50, tv:resnet18, timm:convnext_nano; see `imgcls models`) "
         "[recipe: digitnet for digits, speednet for small images; photos: resnet18 when its ImageNet weights can be had, else speednet]",
     )
-    p.add_argument("--batch-size", metavar="N", type=int, help="images per step [recipe: digits 128, small images 512, large 64]")
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="sgd is SGD with Nesterov momentum 0.9 [recipe: sgd]")
+    p.add_argument("--batch-size", metavar="N", type=int, help="images per step [recipe: digits 128, small images 1024, large 64]")
+    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="sgd is SGD with Nesterov momentum (--momentum) [recipe: sgd]")
     p.add_argument("--weight-decay", metavar="WD", type=float, help="[recipe: 5e-4; another optimizer: sgd 5e-4, adam 0, adamw 0.01]")
+    p.add_argument("--momentum", metavar="M", type=float, help="sgd's Nesterov momentum [recipe: 0.85 for small colour images, else 0.9]")
+    p.add_argument(
+        "--norm-lr-mult",
+        metavar="M",
+        type=float,
+        help="norm layers' parameters learn at lr x M [recipe: 64 for small colour images, else 1]",
+    )
     p.add_argument("--label-smoothing", metavar="EPS", type=float, help="[recipe: digits 0.1, others 0.2]")
     p.add_argument("--seed", metavar="N", type=int, help="seed for init, splits, order and augmentation [0]")
     p.add_argument("--device", choices=["auto", "cpu", "cuda", "mps"], help="[auto]")
+    p.add_argument(
+        "--dedupe",
+        action="store_true",
+        default=None,
+        help="image folders: keep one copy of each group of exact or near duplicates (in test, else val, else train) and none of a "
+        "picture filed under two classes; split.json lists the files dropped and why [off]",
+    )
     p.add_argument("--val-fraction", metavar="F", type=float, help="part of train held out for validation when there is no val split [0.1]")
     p.add_argument(
         "--image-size",
@@ -57,15 +72,27 @@ def _add_setup(p) -> None:
         help="into the classifier: the max or mean of the outputs over the rows, or the last hidden state (rnn, lstm, gru) [max]",
     )
     p.add_argument(
-        "--whiten", action=argparse.BooleanOptionalAction, help="speednet: frozen stem whitening 2x2 patches of the training images [off]"
+        "--whiten",
+        action=argparse.BooleanOptionalAction,
+        help="speednet: frozen stem whitening 2x2 patches of the training images [recipe]",
     )
-    p.add_argument("--dirac", action=argparse.BooleanOptionalAction, help="speednet: 3x3 convs initialised as the identity [off]")
-    p.add_argument("--bn-scale", action=argparse.BooleanOptionalAction, help="speednet: batch norms with a learnt scale [on]")
+    p.add_argument("--width", metavar="N", type=int, help="speednet: channels of the first conv group, the others 4x [recipe]")
+    p.add_argument("--dirac", action=argparse.BooleanOptionalAction, help="speednet: 3x3 convs initialised as the identity [recipe]")
+    p.add_argument("--bn-scale", action=argparse.BooleanOptionalAction, help="speednet: batch norms with a learnt scale [recipe]")
+    p.add_argument(
+        "--logit-scale",
+        metavar="F",
+        type=float,
+        help="speednet: a fixed factor on the logits [recipe: 1/9 for small colour images, else 1]",
+    )
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, help="random augmentation of training batches [on]")
     p.add_argument("--crop-padding", metavar="PX", type=int, help="random shifts of up to this many pixels [recipe]")
+    p.add_argument(
+        "--pad-mode", choices=["zeros", "reflect"], help="how shifts fill the border [recipe: reflect for small colour images, else zeros]"
+    )
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, help="random horizontal flips [on, off for digits and greyscale]")
     p.add_argument(
-        "--alternate-flips", action=argparse.BooleanOptionalAction, help="with --flip: each image mirrored on every other epoch [off]"
+        "--alternate-flips", action=argparse.BooleanOptionalAction, help="with --flip: each image mirrored on every other epoch [recipe]"
     )
     p.add_argument("--rotate", metavar="DEG", type=float, help="random rotation range in degrees [recipe: accurate digits 5, else 0]")
     p.add_argument(
@@ -98,16 +125,25 @@ def _add_train(sub) -> None:
     p.add_argument(
         "--lr", metavar="LR", type=float, help="(peak) learning rate [recipe; another model or optimizer: sgd 0.05, adam/adamw 0.004]"
     )
-    p.add_argument("--schedule", choices=["cosine", "onecycle", "step", "none"], help="learning-rate schedule [recipe: onecycle]")
+    p.add_argument(
+        "--schedule",
+        choices=["cosine", "onecycle", "linear", "step", "none"],
+        help="learning-rate schedule; linear: up from lr/5 over the first 23%%, down to 7%% [recipe]",
+    )
     p.add_argument("--patience", metavar="N", type=int, help="stop after this many epochs without a better val accuracy; 0 = off [0]")
     p.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,
         help="evaluate on each image and its mirror image [on where flips are, off for digits]",
     )
-    p.add_argument("--tta-shift", metavar="PX", type=int, help="also evaluate on views shifted by +-PX pixels diagonally; 0 = off [0]")
+    p.add_argument("--tta-shift", metavar="PX", type=int, help="also evaluate on views shifted by +-PX pixels diagonally; 0 = off [recipe]")
     p.add_argument(
         "--ema", metavar="DECAY", type=float, help="evaluate and save an EMA of the weights with this decay (e.g. 0.99); 0 = off [0]"
+    )
+    p.add_argument(
+        "--lookahead",
+        action=argparse.BooleanOptionalAction,
+        help="every 5 steps set the weights to their running average, pulled harder as the run ends (airbench's) [recipe]",
     )
     p.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, help="torch.compile the model (pays off on GPUs for long runs) [off]"
@@ -246,6 +282,11 @@ def _add_datasets(sub) -> None:
     action.add_argument("--show", metavar="NAME|PATH", help="print this dataset's class counts and save a grid of samples per class")
     action.add_argument("--check", metavar="NAME|PATH", help="check this dataset's health: duplicates, leaks, odd files, balance")
     p.add_argument("--data-dir", metavar="DIR", help="where named datasets live")
+    p.add_argument(
+        "--label-errors", action="store_true", help="--check: also rank likely label errors, each image predicted by one of --folds "
+        "quick models (the fast recipe, from scratch) that did not train on it (confident learning)",
+    )  # fmt: skip
+    p.add_argument("--folds", metavar="K", type=int, default=5, help="--label-errors: cross-validation folds, models trained [5]")
     p.add_argument("--per-class", metavar="N", type=int, default=8, help="sample images per class in the grid [8]")
     p.add_argument(
         "--out", metavar="PATH", help="--show: the grid's file [<dataset>-samples.png]; --check: the folder for health.json "
@@ -335,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_gan,
     ):
         add(sub)
+    autoencode_commands.add_parsers(sub)  # autoencode, embed
     return parser
 
 
@@ -342,8 +384,11 @@ SETUP_KEYS = [
     "data", "data_dir", "recipe", "model", "batch_size", "optimizer", "weight_decay", "label_smoothing", "seed", "device",
     "val_fraction", "image_size", "dropout", "hidden_size", "layers", "bidirectional", "pool", "clip_grad", "augment", "crop_padding",
     "flip", "rotate", "crop_scale", "precision", "weights", "pretrained", "lr_mult", "whiten", "dirac", "bn_scale", "alternate_flips",
+    "momentum", "norm_lr_mult", "width", "logit_scale", "pad_mode", "dedupe",
 ]  # fmt: skip
-TRAIN_KEYS = [*SETUP_KEYS, "epochs", "lr", "schedule", "patience", "tta", "tta_shift", "ema", "compile", "freeze_epochs", "sync_bn"]
+TRAIN_KEYS = [
+    *SETUP_KEYS, "epochs", "lr", "schedule", "patience", "tta", "tta_shift", "ema", "lookahead", "compile", "freeze_epochs", "sync_bn",
+]  # fmt: skip
 
 
 def cmd_train(args) -> int:
@@ -573,6 +618,8 @@ def cmd_serve(args) -> int:
 def cmd_datasets(args) -> int:
     from imgcls.data import DATASETS
 
+    if args.label_errors and not args.check:
+        raise ImgclsError("--label-errors goes with --check: imgcls datasets --check NAME_OR_FOLDER --label-errors")
     if args.show:
         return show_dataset(args)
     if args.check:
@@ -609,7 +656,14 @@ def check_health(args) -> int:
     from imgcls.report.health import summary_text, write_findings
 
     out = writable("--out", args.out, folder=True) or Path(f"{dataset_name(args.check)}-health")
+    if args.label_errors:
+        from imgcls.crossval import check_folds, cross_validated
+
+        check_folds(args.folds)
     data, health = check_dataset(args.check, args.data_dir)
+    if args.label_errors:
+        health.label_errors = cross_validated(data, args.folds)
+        health.seconds["label_errors"] = health.label_errors.seconds
     written = write_findings(health, out, root=Path(args.check).expanduser() if is_folder_spec(args.check) else None)
     print(summary_text(health))
     seconds = ", ".join(f"{stage} {s:.1f}s" for stage, s in health.seconds.items())

@@ -13,11 +13,14 @@ from imgcls.models.recurrent import POOLS
 from imgcls.recipes import RECIPES, fine_tuning, recipe_settings
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
-SCHEDULES = ("cosine", "onecycle", "step", "none")
+SCHEDULES = ("cosine", "onecycle", "linear", "step", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PRETRAINED = ("auto", "on", "off")
+PAD_MODES = ("zeros", "reflect")
 # Options of the model's builder (imgcls.models), saved in checkpoints so that every later use rebuilds the same model.
-MODEL_OPTIONS = ("dropout", "hidden_size", "layers", "bidirectional", "pool", "whiten", "dirac", "bn_scale")  # what the model builders take
+MODEL_OPTIONS = (  # what the model builders take
+    "dropout", "hidden_size", "layers", "bidirectional", "pool", "width", "whiten", "dirac", "bn_scale", "logit_scale",
+)  # fmt: skip
 # For an optimizer other than the recipe's, whose tuned lr and decay would not fit it; the lr also for a model other
 # than the recipe's (its lr 0.2, tuned for speednet, left the tutorial cnn at 10-53% after 2 CIFAR-10 epochs over seeds,
 # against 47-48% at 0.05).
@@ -44,6 +47,9 @@ LIMITS = {
     "crop_scale": (float, lambda v: 0 < v <= 1, "in (0, 1]"),
     "freeze_epochs": (int, lambda v: v >= 0, "zero or more"),
     "lr_mult": (float, lambda v: 1 <= v < math.inf, "1 or more and finite"),
+    "norm_lr_mult": (float, lambda v: 0 < v < math.inf, "positive and finite"),
+    "width": (int, lambda v: v >= 1, "positive"),
+    "logit_scale": (float, lambda v: 0 < v < math.inf, "positive and finite"),
     "ema": (float, lambda v: 0 <= v < 1, "in [0, 1) (0 = off; e.g. 0.99)"),
     "tta_shift": (int, lambda v: 0 <= v <= 4, "between 0 and 4 pixels"),
 }
@@ -60,7 +66,7 @@ class TrainConfig:
     batch_size: int | None = None
     lr: float | None = None
     optimizer: str | None = None
-    momentum: float = 0.9
+    momentum: float | None = None  # sgd's (Nesterov) momentum
     weight_decay: float | None = None
     schedule: str | None = None
     label_smoothing: float | None = None
@@ -76,6 +82,7 @@ class TrainConfig:
     pool: str | None = None  # recurrent models: last hidden state, or the mean or max of the outputs over the rows
     augment: bool = True
     crop_padding: int | None = None
+    pad_mode: str | None = None  # how shifts fill the border: zeros or reflect
     flip: bool | None = None
     rotate: float | None = None
     crop_scale: float | None = None  # random resized crops of at least this part of the image's area; 1 = none
@@ -83,9 +90,12 @@ class TrainConfig:
     tta_shift: int | None = None  # also on those views shifted diagonally by +-this many pixels; 0 = off
     alternate_flips: bool | None = None  # with flip: each image mirrored on every other epoch instead of at random
     ema: float | None = None  # evaluate and save an EMA of the weights with this decay; 0 = off
+    lookahead: bool | None = None  # every 5 steps the weights move to an average of their past (airbench's Lookahead)
+    width: int | None = None  # speednet: the first conv group's channels (the others 4x)
     whiten: bool | None = None  # speednet: a frozen stem that whitens 2x2 patches, set from the training images
     dirac: bool | None = None  # speednet: 3x3 convs start as the identity
     bn_scale: bool | None = None  # speednet: batch norms with a learnt scale (off: fixed at 1)
+    logit_scale: float | None = None  # speednet: a fixed factor on the logits
     precision: str = "auto"  # auto: bf16 autocast on GPUs and on CPUs with native bf16, else fp32
     compile: bool = False  # torch.compile the model for training
     sync_bn: bool = False  # several processes: batch-norm statistics over the global batch (SyncBatchNorm; CUDA only)
@@ -94,6 +104,8 @@ class TrainConfig:
     freeze_epochs: int | None = None  # starting from weights: epochs of the head alone (backbone frozen) before the rest
     lr_mult: float | None = None  # starting from weights: the first layers learn at lr / lr_mult, the head at lr
     clip_grad: float | None = None  # largest gradient norm of a step (clip_grad_norm_); 0 = no clipping
+    norm_lr_mult: float | None = None  # biases and norm weights learn at lr * this
+    dedupe: bool = False  # folders: one copy of each duplicate group, none of a conflict (data.health.dedupe)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,7 +119,7 @@ class TrainConfig:
         if not self.augment:
             return Augment()
         return Augment(
-            crop_padding=self.crop_padding or 0, flip=bool(self.flip), rotate=self.rotate or 0.0, crop_scale=self.crop_scale or 1.0,
+            crop_padding=self.crop_padding or 0, pad_mode=self.pad_mode or "zeros", flip=bool(self.flip), rotate=self.rotate or 0.0, crop_scale=self.crop_scale or 1.0,
             alternate_flips=bool(self.alternate_flips),
         )  # fmt: skip
 
@@ -128,17 +140,11 @@ def check(cfg: TrainConfig) -> None:
         ("precision", cfg.precision, PRECISIONS),
         ("pretrained", cfg.pretrained, PRETRAINED),
         ("pool", cfg.pool, POOLS),
+        ("pad mode", cfg.pad_mode, PAD_MODES),
     ):
         if value is not None and value not in choices:
             raise ImgclsError(f"unknown {name} '{value}': choose one of {', '.join(choices)}")
-    for name, (kind, allowed, wanted) in LIMITS.items():
-        value, flag = getattr(cfg, name), "--" + name.replace("_", "-")
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral if kind is int else numbers.Real):
-            raise ImgclsError(f"{flag} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
-        if not allowed(value):
-            raise ImgclsError(f"{flag} must be {wanted}, got {value}")
+    check_limits(cfg, LIMITS)
     if cfg.sync_bn and pick_device(cfg.device).type != "cuda":
         raise ImgclsError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only): drop it, or train with --device cuda")
     if cfg.precision == "fp16" and pick_device(cfg.device).type == "cpu":
@@ -152,6 +158,18 @@ def check(cfg: TrainConfig) -> None:
             flag = "--" + option.replace("_", "-")
             takers = [name for name in MODELS if option in model_options(name)]
             raise ImgclsError(f"{flag} applies to: {', '.join(takers)}; model '{cfg.model}' has no {option.replace('_', ' ')} option")
+
+
+def check_limits(cfg, limits: dict) -> None:
+    """Each numeric setting of `cfg` named in `limits` (as LIMITS) of the right type and in range; None is unset."""
+    for name, (kind, allowed, wanted) in limits.items():
+        value, flag = getattr(cfg, name), "--" + name.replace("_", "-")
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral if kind is int else numbers.Real):
+            raise ImgclsError(f"{flag} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
+        if not allowed(value):
+            raise ImgclsError(f"{flag} must be {wanted}, got {value}")
 
 
 def fill_defaults(cfg: TrainConfig, data: Dataset) -> TrainConfig:
@@ -172,4 +190,8 @@ def fill_defaults(cfg: TrainConfig, data: Dataset) -> TrainConfig:
     filled = TrainConfig.from_dict(values)
     check(filled)  # again, now that the model is known
     check_input(filled.model, data.shape)
+    if filled.pad_mode == "reflect" and filled.crop_padding and filled.crop_padding >= min(data.shape[1:]):
+        raise ImgclsError(
+            f"--crop-padding {filled.crop_padding} with --pad-mode reflect needs images larger than that: lower it or use zeros"
+        )
     return filled

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -21,11 +22,12 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from imgcls import checkpoint, distributed, finetune
-from imgcls.averaging import WeightAverage
-from imgcls.config import TrainConfig, check, fill_defaults
+from imgcls.averaging import Lookahead, WeightAverage
+from imgcls.config import MODEL_OPTIONS, TrainConfig, check, fill_defaults
 from imgcls.data import dataset_name, load_dataset
 from imgcls.data.augment import prepare
 from imgcls.data.core import Dataset, Split
+from imgcls.data.health import dedupe, dedupe_line
 from imgcls.data.registry import is_folder_spec
 from imgcls.device import amp_dtype, autocast, pick_device, use_channels_last
 from imgcls.errors import ImgclsError
@@ -73,7 +75,7 @@ class Progress:
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module, num_classes: int) -> torch.optim.Optimizer:
     head = finetune.classifier(model, num_classes)
-    groups = finetune.param_groups(model, head, cfg.lr, cfg.lr_mult or 1.0, cfg.weight_decay)
+    groups = finetune.param_groups(model, head, cfg.lr, cfg.lr_mult or 1.0, cfg.weight_decay, cfg.norm_lr_mult or 1.0)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
     if cfg.optimizer == "adam":
@@ -87,11 +89,21 @@ def make_schedule(cfg: TrainConfig, optimizer, steps_per_epoch: int):
     if cfg.schedule == "onecycle" and total >= 4:  # fewer steps leave OneCycle's warm-up phase empty
         peaks = [group["lr"] for group in optimizer.param_groups]  # discriminative lrs: each group's own peak
         return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total, pct_start=max(0.25, 2 / total)), True
+    if cfg.schedule == "linear":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: triangle(step, total)), True
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total), True
     if cfg.schedule == "step":
         return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.epochs // 3), gamma=0.1), False
     return None, False
+
+
+def triangle(step: int, total: int, start: float = 0.2, peak: float = 0.23, end: float = 0.07) -> float:
+    """airbench94's lr schedule, as a fraction of the peak lr: linear from `start` up to 1 at `peak` of the run, then
+    linear down to `end`. Unlike one-cycle it leaves momentum alone and ends well above zero, which suits the short runs
+    where Lookahead averages the last steps."""
+    at = step / max(total, 1)
+    return start + (1 - start) * at / peak if at < peak else 1 + (end - 1) * (at - peak) / (1 - peak)
 
 
 def batches_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
@@ -135,6 +147,7 @@ class Trainer:
             init_from_data(self.model, prepare(self.train_images[:DATA_INIT_IMAGES].to(self.device), self.mean, self.std))
         # After the data init: the average starts from the model's weights (and its first update copies them anyway).
         self.ema = WeightAverage(self.model, cfg.ema) if cfg.ema else None
+        self.lookahead = Lookahead(self.model, cfg.epochs * self.steps_per_epoch) if cfg.lookahead else None
         self.progress = Progress()
         self.stop_requested = False
         self.stop_signal = signal.SIGINT
@@ -154,6 +167,11 @@ class Trainer:
             "epoch": self.progress.epoch,
             "state_dict": state_dict,
         }
+
+    @property
+    def lr(self) -> float:
+        """The lr now of the head's weights: the peak of discriminative lrs, without the biases' multiplier."""
+        return self.optimizer.param_groups[-1]["lr"]
 
     @property
     def evaluated(self) -> nn.Module:
@@ -176,6 +194,7 @@ class Trainer:
             rng={"torch": torch.get_rng_state(), "augment": self.generator.get_state().cpu()},
             progress=asdict(self.progress),
             ema=self.ema.state_dict() if self.ema else None,
+            lookahead=self.lookahead.state_dict() if self.lookahead else None,
         )
         if self.device.type == "cuda":
             payload["rng"]["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -194,6 +213,8 @@ class Trainer:
             self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.ema and ckpt.get("ema"):
             self.ema.load_state_dict(ckpt["ema"])
+        if self.lookahead and ckpt.get("lookahead"):
+            self.lookahead.load_state_dict(ckpt["lookahead"])
         if ckpt["scaler"]:  # empty when saved without fp16 loss scaling (on CPU, or a bf16 GPU)
             self.scaler.load_state_dict(ckpt["scaler"])
         torch.set_rng_state(ckpt["rng"]["torch"])
@@ -211,12 +232,13 @@ class Trainer:
         """Stop at the end of the current step, saving last.pt (what Ctrl-C, SIGTERM and SIGHUP do)."""
         self.stop_requested, self.stop_signal = True, signum
 
-    def _eval(self, split: Split) -> EvalResult:
-        """Each process predicts its shard of the split; the metrics come from all the logits, the same on every rank."""
+    def _eval(self, split: Split, shifts: bool = True) -> EvalResult:
+        """Each process predicts its shard of the split; the metrics come from all the logits, the same on every rank.
+        shifts=False leaves out shift TTA (3x the views): validation every epoch ranks epochs as well without it."""
         images = split.images[distributed.shard(len(split), self.group)]  # a view: the whole split for one process
         logits = predict_logits(
             self.evaluated, images, self.mean, self.std, amp=self.amp, channels_last=self.channels_last, tta=self.cfg.tta,
-            tta_shift=self.cfg.tta_shift or 0,
+            tta_shift=(self.cfg.tta_shift or 0) if shifts else 0,
         )  # fmt: skip
         return metrics(distributed.gather_rows(logits, len(split), self.group), split.labels, self.data.num_classes)
 
@@ -261,6 +283,8 @@ class Trainer:
                 y, logits, loss = self.train_step(batches[step])
                 if self.schedule_per_step:
                     self.scheduler.step()
+                if self.lookahead:
+                    self.lookahead.step(self.model, p.epoch * self.steps_per_epoch + step + 1)
                 totals[0] += loss.detach() * len(y)
                 totals[1] += (logits.argmax(1) == y).sum()
                 totals[2] += len(y)
@@ -279,6 +303,8 @@ class Trainer:
                 if stop:
                     self.save_last()
                     raise Interrupted(self.run_dir, self.stop_signal)
+        if self.lookahead:
+            self.lookahead.settle(self.model)
         p.seconds = time.perf_counter() - start
 
     def _stop_agreed(self, synced: bool) -> bool:
@@ -309,7 +335,7 @@ class Trainer:
         p, cfg = self.progress, self.cfg
         if not self.schedule_per_step and self.scheduler:
             self.scheduler.step()
-        val = self._eval(self.data.val)
+        val = self._eval(self.data.val, shifts=False)
         loss_sum, correct, seen = p.totals
         row = {
             "epoch": p.epoch + 1,
@@ -317,7 +343,7 @@ class Trainer:
             "train_acc": correct / seen,
             "val_loss": val.loss,
             "val_acc": val.accuracy,
-            "lr": self.optimizer.param_groups[-1]["lr"],  # the head's: the peak of discriminative lrs
+            "lr": self.lr,
             "seconds": p.seconds,
         }
         p.history.append(row)
@@ -447,10 +473,19 @@ def load_run_data(cfg: TrainConfig, split_files=None) -> Dataset:
     # Folders of photos without --image-size: ImageNet's 224 on a GPU; 128 on a CPU, where ResNet-18 trains 2.3x slower at 224
     # (bench/RESULTS.md). The side chosen goes into config.json, so resume and evaluate decode the same.
     default_size = GPU_IMAGE_SIZE if pick_device(cfg.device).type == "cuda" else CPU_IMAGE_SIZE
-    return load_dataset(
-        cfg.data, data_dir=cfg.data_dir, seed=cfg.seed, val_fraction=cfg.val_fraction, image_size=cfg.image_size, split_files=split_files,
+    if cfg.dedupe and not is_folder_spec(cfg.data):
+        raise ImgclsError(
+            f"--dedupe drops files and lists them in the run's split.json; {cfg.data} is a named dataset without files: drop --dedupe "
+            f"(`imgcls datasets --check {cfg.data}` shows its duplicates)"
+        )
+    load = partial(
+        load_dataset, cfg.data, data_dir=cfg.data_dir, seed=cfg.seed, val_fraction=cfg.val_fraction, image_size=cfg.image_size,
         default_size=default_size,
     )  # fmt: skip
+    if cfg.dedupe and split_files is None:  # the seed's split less the copies; resume and evaluate replay what split.json keeps
+        kept, dropped = dedupe(load())
+        return replace(load(split_files=kept), dropped=dropped)
+    return load(split_files=split_files)
 
 
 def setup(cfg: TrainConfig) -> tuple[TrainConfig, Dataset, Weights | None]:
@@ -461,6 +496,8 @@ def setup(cfg: TrainConfig) -> tuple[TrainConfig, Dataset, Weights | None]:
     initial = read_state_dict(cfg.weights) if cfg.weights else None  # a bad file fails before the data loads
     data = load_run_data(cfg)
     model = cfg.model or (initial.model if initial else None)
+    if initial and initial.model_options and model == initial.model:  # the run's own model: its shape too, unless set anew
+        cfg = replace(cfg, **{k: v for k, v in initial.model_options.items() if k in MODEL_OPTIONS and getattr(cfg, k) is None})
     if model:
         check_input(model, data.shape)  # before any download
     pretrained, state = pretrained_weights(model or backbone(data), data.shape, cfg.pretrained, cfg.weights)
@@ -479,7 +516,9 @@ def _initial_weights(cfg: TrainConfig, data: Dataset) -> Weights | None:
 
 def _record_data(data: Dataset, run_dir: Path) -> None:
     if data.split_files is not None:
-        write_json(run_dir / "split.json", data.split_files)
+        write_json(run_dir / "split.json", {**data.split_files, **({"dropped": data.dropped} if data.dropped is not None else {})})
+    if data.dropped is not None:
+        print(dedupe_line(data.dropped, data.split_files), flush=True)
     if data.skipped:
         write_text(run_dir / "skipped_files.txt", "\n".join(data.skipped) + "\n")
         print(f"skipped {len(data.skipped)} unreadable files (listed in {run_dir / 'skipped_files.txt'})", file=sys.stderr)

@@ -31,21 +31,30 @@ def classifier(model: nn.Module, num_classes: int) -> nn.Linear | None:
     return found
 
 
-def param_groups(model: nn.Module, head: nn.Module | None, lr: float, lr_mult: float, weight_decay: float) -> list[dict]:
+NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+def param_groups(
+    model: nn.Module, head: nn.Module | None, lr: float, lr_mult: float, weight_decay: float, norm_lr_mult: float = 1.0
+) -> list[dict]:
     """Optimizer groups: the backbone's parameters in GROUPS consecutive parts with learning rates rising geometrically
-    from lr / lr_mult, the head's at lr; no weight decay on biases and norm weights (decaying them only hurts)."""
+    from lr / lr_mult, the head's at lr; no weight decay on biases and norm weights (decaying them only hurts). Norm
+    layers' parameters learn at norm_lr_mult times their part's lr (airbench94 raises its batch-norm biases' 64x)."""
     stages = [(list(model.parameters()), lr)]  # one lr for all: training from scratch
     if lr_mult != 1:
         head_ids = {id(p) for p in head.parameters()} if head is not None else set()
         body = [p for p in model.parameters() if id(p) not in head_ids]
         stages = [(body[i * len(body) // GROUPS : (i + 1) * len(body) // GROUPS], lr / lr_mult ** (1 - i / GROUPS)) for i in range(GROUPS)]
         stages.append(([p for p in model.parameters() if id(p) in head_ids], lr))
+    norms = {id(p) for m in model.modules() if isinstance(m, NORMS) for p in m.parameters(recurse=False)}
     groups = []
     for params, group_lr in stages:
-        for decay in (True, False):
-            chosen = [p for p in params if (p.ndim > 1) == decay]
+        # (kind, lr, decay); the last group is then the head's weights' (Trainer.lr)
+        kinds = (("norm", group_lr * norm_lr_mult, 0.0), ("bias", group_lr, 0.0), ("weight", group_lr, weight_decay))
+        for kind, kind_lr, decay in kinds:
+            chosen = [p for p in params if ("norm" if id(p) in norms else "bias" if p.ndim <= 1 else "weight") == kind]
             if chosen:
-                groups.append({"params": chosen, "lr": group_lr, "weight_decay": weight_decay if decay else 0.0})
+                groups.append({"params": chosen, "lr": kind_lr, "weight_decay": decay})
     return groups
 
 

@@ -71,7 +71,7 @@ class TensorBoardLogger(Logger):
         writer, at = self._writer(trainer), global_step(trainer)
         writer.add_scalar("train/loss", running[0], at)
         writer.add_scalar("train/accuracy", running[1], at)
-        writer.add_scalar("train/lr", trainer.optimizer.param_groups[0]["lr"], at)
+        writer.add_scalar("train/lr", trainer.lr, at)
 
     def epoch(self, trainer, row: dict) -> None:
         writer, at = self._writer(trainer), global_step(trainer)

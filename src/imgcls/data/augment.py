@@ -16,7 +16,8 @@ from imgcls.errors import ImgclsError
 
 @dataclass(frozen=True)
 class Augment:
-    crop_padding: int = 0  # random crop of the zero-padded image, i.e. shifts of up to this many pixels
+    crop_padding: int = 0  # random crop of the padded image, i.e. shifts of up to this many pixels
+    pad_mode: str = "zeros"  # how the shifts fill the border: zeros (black) or reflect (the image mirrored at its edge)
     flip: bool = False  # horizontal flip with probability 1/2
     alternate_flips: bool = False  # with flip: each image mirrored on every other epoch instead of at random
     rotate: float = 0.0  # uniform rotation in [-rotate, +rotate] degrees
@@ -27,17 +28,18 @@ class Augment:
         return self.crop_padding > 0 or self.flip or self.rotate > 0 or self.crop_scale < 1
 
     def describe(self) -> str:
-        parts = [f"crop±{self.crop_padding}"] if self.crop_padding else []
+        parts = [f"crop±{self.crop_padding}" + (f" ({self.pad_mode})" if self.pad_mode != "zeros" else "")] if self.crop_padding else []
         parts += [("alternating " if self.alternate_flips else "") + "flip"] if self.flip else []
         parts += [f"resized crop {self.crop_scale * 100:g}-100%"] if self.crop_scale < 1 else []
         parts += [f"rotate±{self.rotate:g}°"] if self.rotate else []
         return ", ".join(parts) or "none"
 
 
-def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """Each image shifted by its own (dy, dx) in [-padding, padding], filled with zeros, as one gather."""
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator, mode: str = "zeros") -> torch.Tensor:
+    """Each image shifted by its own (dy, dx) in [-padding, padding], the border filled with zeros or the image reflected
+    at its edge (airbench's: no dark frame for the net to learn), as one gather."""
     n, c, h, w = images.shape
-    padded = F.pad(images, (padding,) * 4)
+    padded = F.pad(images, (padding,) * 4, mode="constant" if mode == "zeros" else mode)
     dy = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=generator.device).to(images.device)
     dx = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=generator.device).to(images.device)
     rows = (dy + torch.arange(h, device=images.device))[:, None, :, None]
@@ -119,7 +121,7 @@ def prepare(
     """
     if aug is not None and aug.active:
         if aug.crop_padding > 0:
-            images = random_crop(images, aug.crop_padding, generator)
+            images = random_crop(images, aug.crop_padding, generator, aug.pad_mode)
         if aug.flip and aug.alternate_flips:
             images = alternating_flip(images, index, epoch)
         elif aug.flip:

@@ -32,6 +32,7 @@ class Dataset:
     flips_ok: bool = True  # False for digits: a mirrored 2 is not a 2
     skipped: list[str] = field(default_factory=list)  # unreadable files, "path: reason"
     split_files: dict[str, list[str]] | None = None  # folder datasets: which file went where
+    dropped: list[dict] | None = None  # folder datasets under --dedupe: the files left out, and why (health.dedupe)
     resized_to: int | None = None  # folder datasets: the square side they were resized to for want of --image-size
 
     @property

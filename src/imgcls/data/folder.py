@@ -5,11 +5,11 @@ import os
 import signal
 import sys
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch
@@ -29,6 +29,8 @@ DEFAULT_SIZE = 128  # square side for folders of mixed or large image sizes (on 
 MAX_NATIVE_SIZE = 256  # folders of one size up to this are kept at their own size
 CHUNK = 256  # files per pool task
 CHUNK_BYTES = 16 << 20  # and at most this many decoded bytes per task: they wait in memory until written to the cache
+
+T = TypeVar("T")
 
 
 class Entry(NamedTuple):
@@ -176,16 +178,20 @@ def _map_chunks(fn, chunks: list[list[str]], desc: str) -> Iterator:
             pool.shutdown(cancel_futures=True)
 
 
-def _peek_chunk(root: Path, rels: list[str]) -> list:
-    """(mode, (H, W)) of each file, or why it cannot be opened. Nothing may escape: in a worker process it would end
-    the whole decode, so every failure is the file's ImageReadError (images.py)."""
-    headers = []
+def each_file(read: Callable[[Path], T], root: Path, rels: list[str], desc: str) -> list[T | str]:
+    """read(file) of each file in order, in parallel chunks, or why it cannot be read. Nothing may escape `read`: in a
+    worker process it would end the whole pass, so every failure is the file's ImageReadError (images.py)."""
+    return [out for chunk in _map_chunks(partial(_read_each, read, root), _batched(rels, CHUNK), desc) for out in chunk]
+
+
+def _read_each(read: Callable[[Path], T], root: Path, rels: list[str]) -> list[T | str]:
+    out = []
     for rel in rels:
         try:
-            headers.append(peek(root / rel))
+            out.append(read(root / rel))
         except ImageReadError as e:
-            headers.append(str(e))
-    return headers
+            out.append(str(e))
+    return out
 
 
 def _read_chunk(root: Path, channels: int, size: tuple[int, int], rels: list[str]) -> tuple[np.ndarray, list[str | None]]:
@@ -226,7 +232,7 @@ class Plan(NamedTuple):
 
 def plan(root: Path, rels: list[str], channels: int | None, image_size: int | None, default_size: int = DEFAULT_SIZE) -> Plan:
     """A header pass (mode and size, no pixels) decides the channel count and the common size."""
-    headers = [h for chunk in _map_chunks(partial(_peek_chunk, root), _batched(rels, CHUNK), "scanning") for h in chunk]
+    headers = each_file(peek, root, rels, "scanning")
     skipped = [f"{rel}: {h}" for rel, h in zip(rels, headers) if isinstance(h, str)]
     good = [(rel, h) for rel, h in zip(rels, headers) if not isinstance(h, str)]
     if not good:
@@ -350,7 +356,7 @@ def load_folder(
 def _replayed(root: Path, files: list[str], split_files: dict[str, list[str]]) -> dict[str, torch.Tensor]:
     """The indices of a run's saved split (split.json) among the readable files."""
     position = {rel: i for i, rel in enumerate(files)}
-    missing = [rel for part in split_files.values() for rel in part if rel not in position]
+    missing = [rel for s in SPLITS for rel in split_files.get(s, []) if rel not in position]
     if missing:
         raise ImgclsError(
             f"the run's split.json lists {len(missing)} files no longer readable in {root} (e.g. {missing[0]}): restore them or start a new run"

@@ -22,17 +22,11 @@ hold a few images each on average, and keeps its NEAREST closest candidates. The
 import hashlib
 import itertools
 import math
-import multiprocessing
-import os
 import re
-import signal
-import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -42,8 +36,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from imgcls.data.core import Dataset
-from imgcls.data.folder import scan
-from imgcls.data.images import ImageReadError, check_size, decoding, is_grey
+from imgcls.data.folder import each_file, scan
+from imgcls.data.images import check_size, decoding, is_grey
 
 SPLITS = ("train", "val", "test")
 HASH_SIDE = 32  # the grey copy the DCT hash and the check are computed on
@@ -62,7 +56,6 @@ GREY_SPREAD = 2.0  # mean over pixels of the largest minus the smallest channel,
 IMBALANCE_WARNING = 3.0  # largest over smallest class
 PIXELS_PER_BATCH = 1 << 22  # uint8 values hashed per batch: 16 MB float32 working copies (a folder may be larger than memory)
 PAIRS_PER_BATCH = 256  # candidate pairs checked at once: 25 shifted 16x16 copies of each
-CHUNK = 512  # files per header-reading task
 ODD_KINDS = {
     "unreadable": "unreadable",
     "tiny": f"tiny (shorter side under {TINY} px)",
@@ -463,7 +456,38 @@ def find_duplicates(items: Items, fp: Fingerprints, flips: bool, sizes: torch.Te
 def duplicate_file_groups(data: Dataset) -> list[list[str]]:
     """The duplicate groups of a folder dataset as files relative to its root (what `imgcls train --dedupe` keeps one of)."""
     items = Items.of(data)
-    return [[items.names[i] for i in g.members] for g in find_duplicates(items, fingerprints(items), data.flips_ok)]
+    with one_thread():
+        return [[items.names[i] for i in g.members] for g in find_duplicates(items, fingerprints(items), data.flips_ok)]
+
+
+def dedupe(data: Dataset) -> tuple[dict[str, list[str]], list[dict]]:
+    """What `imgcls train --dedupe` keeps of a folder dataset, split by split, and each file it drops with why.
+
+    One copy of each duplicate group stays, the first by name in the last split the group reaches (test, val, train): a leak
+    then costs training a copy, not the test set an image, and no picture is in two splits or twice in one. A group
+    whose copies carry different labels ("conflict") loses every copy: which label is right cannot be told."""
+    split_of = {f: s for s in SPLITS for f in data.split_files[s]}
+    class_of = {f: data.classes[y] for s in SPLITS for f, y in zip(data.split_files[s], getattr(data, s).labels.tolist())}
+    dropped = []
+    for files in duplicate_file_groups(data):
+        conflict = len({class_of[f] for f in files}) > 1
+        kept = None if conflict else min(files, key=lambda f: (-SPLITS.index(split_of[f]), f))  # the first by name: any seed
+        for f in files:
+            if f != kept:
+                reason = "conflict" if conflict else "leak" if split_of[f] != split_of[kept] else "duplicate"
+                dropped.append({"file": f, "split": split_of[f], "class": class_of[f], "reason": reason, "kept": kept})
+    gone = {d["file"] for d in dropped}
+    return {s: [f for f in data.split_files[s] if f not in gone] for s in SPLITS}, dropped
+
+
+def dedupe_line(dropped: list[dict], kept: dict[str, list[str]]) -> str:
+    """The counts of a --dedupe, in one line."""
+    n = {reason: sum(d["reason"] == reason for d in dropped) for reason in ("duplicate", "leak", "conflict")}
+    return (
+        f"--dedupe dropped {len(dropped):,} images: {n['duplicate']:,} extra copies within a split, {n['leak']:,} copies of an image "
+        f"kept in a later split, {n['conflict']:,} copies of pictures filed under two classes (none kept); "
+        f"{', '.join(f'{len(kept[s]):,} {s}' for s in SPLITS)} left (split.json lists the dropped files)"
+    )
 
 
 def with_copy_in(groups: Sequence[Group], items: Items, split: str, source: str) -> torch.Tensor:
@@ -498,38 +522,9 @@ def read_header(path: str | Path) -> Header:
         )
 
 
-def _header_chunk(root: Path, rels: list[str]) -> list[Header | str]:
-    out = []
-    for rel in rels:
-        try:
-            out.append(read_header(root / rel))
-        except ImageReadError as e:
-            out.append(str(e))
-    return out
-
-
-def _ignore_ctrl_c() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C
-
-
-def parallel_map(fn: Callable, tasks: list) -> list:
-    """[fn(task) for task in tasks], in forked worker processes where there is more than one task (reading headers
-    is Python-bound: threads would queue on the GIL)."""
-    workers = min(8, os.cpu_count() or 1, len(tasks))
-    if workers <= 1 or sys.platform != "linux":
-        return [fn(task) for task in tasks]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_ignore_ctrl_c) as pool:
-        try:
-            return list(pool.map(fn, tasks))
-        except KeyboardInterrupt:
-            pool.shutdown(cancel_futures=True)
-            raise
-
-
 def read_headers(root: Path, rels: list[str]) -> dict[str, Header | str]:
     """Each file's Header, or why it cannot be opened."""
-    chunks = [rels[i : i + CHUNK] for i in range(0, len(rels), CHUNK)]
-    return dict(zip(rels, (h for chunk in parallel_map(partial(_header_chunk, root), chunks) for h in chunk)))
+    return dict(zip(rels, each_file(read_header, root, rels, "reading headers")))
 
 
 def odd_files(
@@ -623,6 +618,17 @@ def label_issues(probs: torch.Tensor, labels: torch.Tensor) -> LabelIssues:
     return LabelIssues(flagged, labels[flagged], suggested[flagged], probs[flagged, labels[flagged]], probs[flagged, suggested[flagged]])
 
 
+class CrossValidated(NamedTuple):
+    """Likely label errors of every image, from the predictions of models that did not train on it (imgcls.crossval)."""
+
+    issues: LabelIssues  # index: into the dataset's images, train then val then test
+    folds: int
+    epochs: int
+    model: str
+    accuracy: float  # of the held-out predictions
+    seconds: float
+
+
 # --- the whole check ------------------------------------------------------------------------------------------
 
 
@@ -638,6 +644,7 @@ class Health:
     flips: bool  # mirror images counted as copies
     files_checked: bool  # headers read (a folder), or pixels only (a named dataset)
     seconds: dict[str, float] = field(default_factory=dict)
+    label_errors: CrossValidated | None = None  # when asked for (--label-errors)
 
     def counts(self) -> dict[str, list[int]]:
         return class_counts(self.items, len(self.classes))

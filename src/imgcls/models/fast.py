@@ -80,20 +80,34 @@ def dirac_init(model: nn.Module) -> None:
                 nn.init.dirac_(m.weight[: m.in_channels])
 
 
+class Scale(nn.Module):
+    """Multiplies by a fixed factor (no parameters: checkpoints are the same with or without it)."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x):
+        return x * self.factor
+
+
 def _stem_stride(side: int) -> int:
     """Patchify large images down to about 32 px first: the groups cost the same at any input size."""
     return 2 ** max(0, int(math.log2(side / 32)))
 
 
 @register_model(
-    "speednet", "fast BN-CNN: stem > 3 conv groups (32/128/128) > max-pool > linear; the fast recipe's net for colour images", min_size=8
+    "speednet", "fast BN-CNN: stem > 3 conv groups (W/4W/4W, W=32) > max-pool > linear; the fast recipe's net for colour images", min_size=8
 )
 def speednet(
-    in_shape, num_classes, widths: tuple[int, int, int] = (32, 128, 128), whiten: bool = False, dirac: bool = False, bn_scale: bool = True
+    in_shape, num_classes, width: int = 32, whiten: bool = False, dirac: bool = False, bn_scale: bool = True, logit_scale: float = 1.0
 ) -> nn.Module:
-    """whiten: a frozen patch-whitening stem (PatchWhitening, set from the training images) instead of a learnt conv;
-    dirac: identity-initialised 3x3 convs; bn_scale=False: batch norms without a learnt scale."""
+    """width: the first group's channels, the others 4x (airbench94's is 64); whiten: a frozen patch-whitening stem
+    (PatchWhitening, set from the training images) instead of a learnt conv; dirac: identity-initialised 3x3 convs;
+    bn_scale=False: batch norms without a learnt scale; logit_scale: a fixed factor on the logits (airbench94's 1/9,
+    which lets the head share the large lr of the convs behind norms)."""
     c, h, w = in_shape
+    widths = (width, 4 * width, 4 * width)
     stride = _stem_stride(min(h, w))
     if whiten:
         kernel = max(2, stride)
@@ -104,7 +118,7 @@ def speednet(
     model = nn.Sequential(
         *stem_layers,
         ConvGroup(stem, widths[0], bn_scale), ConvGroup(widths[0], widths[1], bn_scale), ConvGroup(widths[1], widths[2], bn_scale),
-        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(widths[2], num_classes),
+        nn.AdaptiveMaxPool2d(1), nn.Flatten(), nn.Linear(widths[2], num_classes), *([Scale(logit_scale)] if logit_scale != 1 else []),
     )  # fmt: skip
     if dirac:
         dirac_init(model)

@@ -22,6 +22,7 @@ class Weights:
     path: Path
     state_dict: dict[str, torch.Tensor]
     model: str | None = None  # the imgcls model they were trained as, when the file says
+    model_options: dict | None = None  # and that model's options (speednet's width, whitening stem, ...)
 
 
 @dataclass
@@ -69,10 +70,10 @@ def read_state_dict(path: str | Path) -> Weights:
 
 
 def _named_tensors(path: Path, saved) -> Weights:
-    model = None
+    model, options = None, None
     while isinstance(saved, dict) and not any(isinstance(v, torch.Tensor) for v in saved.values()):
         if isinstance(saved.get("model"), str):  # an imgcls checkpoint names its model
-            model = saved["model"]
+            model, options = saved["model"], saved.get("model_options")
         inner = next((saved[key] for key in WRAPPERS if isinstance(saved.get(key), dict)), None)
         if inner is None:
             break
@@ -82,7 +83,7 @@ def _named_tensors(path: Path, saved) -> Weights:
     )
     if not tensors:
         raise ImgclsError(f"--weights {path} holds no named tensors: {WANTED}")
-    return Weights(path, tensors, model)
+    return Weights(path, tensors, model, options if isinstance(options, dict) else None)
 
 
 def _strip(key: str) -> str:

@@ -1,4 +1,4 @@
-"""The built-in models: the tutorials' MLP, small CNN and LeNet-5, and a ResNet-18 for small images and photos."""
+"""The built-in models: the tutorials' MLP, small CNN and LeNet-5, a ResNet-18 for small images and photos, and aenet."""
 
 import math
 from collections import OrderedDict
@@ -74,3 +74,10 @@ def resnet18(in_shape, num_classes) -> nn.Module:
     elif in_shape[0] != 3:
         model.conv1 = nn.Conv2d(in_shape[0], 64, kernel_size=7, stride=2, padding=3, bias=False)
     return model
+
+
+@register_model("aenet", "`imgcls autoencode`'s encoder (strided conv-BN-ReLU > linear code) > linear head; --weights AE_RUN loads it")
+def aenet(in_shape, num_classes) -> nn.Module:
+    from imgcls.autoencode.models import AENet  # imported on use: that module builds on imgcls.models
+
+    return AENet(in_shape, num_classes)

@@ -46,6 +46,7 @@ KINDS = {  # group kinds (Health.kind): heading of their grid, file, what they m
     "conflict": ("The same picture under different labels", "health_conflicts.png", "at most one label is right"),
 }
 ODD_FILE, BALANCE_FILE, ISSUES_FILE = "health_odd_files.png", "health_balance.png", "health_label_errors.png"
+CV_ISSUES_FILE = "health_label_errors_cv.png"
 METHOD = (
     f"exact: the same decoded pixels and original size; near: a 64-bit DCT perceptual hash (or that of the picture's centre "
     f"zoomed by up to {max(ZOOMS):g}x, a crop, or of its mirror image) within {NEAR_BITS} bits, confirmed at the best shift "
@@ -128,6 +129,8 @@ def summary_text(health: Health, run: RunFindings | None = None) -> str:
     lines.append(f"  imbalance ratio {ratio:.1f} (the largest class in train over the smallest)")
     if ratio >= IMBALANCE_WARNING:
         lines.append(f"  warning: the classes are imbalanced ({ratio:.1f}:1): accuracy favours the large classes; read per-class accuracy")
+    if h.label_errors is not None:
+        lines += ["", *_cv_lines(health)]
     if run is not None:
         lines += ["", *_run_lines(health, run)]
     return "\n".join(lines)
@@ -135,18 +138,30 @@ def summary_text(health: Health, run: RunFindings | None = None) -> str:
 
 def _run_lines(health: Health, run: RunFindings) -> list[str]:
     clean = "n/a (every test image has a copy in train)" if run.clean_accuracy is None else f"{run.clean_accuracy:.2%}"
-    lines = [
+    return [
         f"test accuracy {run.test_accuracy:.2%} on all {run.test_images:,} test images; {clean} on the {run.clean_images:,} "
         "without a copy in train",
         f"likely label errors (confident learning on the test predictions): {len(run.issues.index):,}",
+        *_issue_lines(health, run.issues, health.items.offset("test")),
     ]
-    start = health.items.offset("test")
-    for i, given, suggested, p_given, p_suggested in list(zip(*run.issues))[:EXAMPLES]:
-        lines.append(
-            f"  {health.items.names[start + int(i)]}: given {health.classes[given]} ({p_given:.2f}), "
-            f"the model says {health.classes[suggested]} ({p_suggested:.2f})"
-        )
-    return lines
+
+
+def _cv_lines(health: Health) -> list[str]:
+    cv = health.label_errors
+    return [
+        f"likely label errors (confident learning on {cv.folds}-fold cross-validated predictions: {cv.model} from scratch, "
+        f"{cv.epochs} epochs per fold, held-out accuracy {cv.accuracy:.2%}): {len(cv.issues.index):,}",
+        *_issue_lines(health, cv.issues, 0),
+    ]
+
+
+def _issue_lines(health: Health, issues: LabelIssues, start: int) -> list[str]:
+    """The first issues, their rows counted from the image at `start`."""
+    return [
+        f"  {health.items.names[start + int(i)]}: given {health.classes[given]} ({p_given:.2f}), "
+        f"the model says {health.classes[suggested]} ({p_suggested:.2f})"
+        for i, given, suggested, p_given, p_suggested in list(zip(*issues))[:EXAMPLES]
+    ]
 
 
 # --- JSON ----------------------------------------------------------------------------------------------------
@@ -189,20 +204,31 @@ def to_json(health: Health, run: RunFindings | None = None) -> dict:
         },
         "seconds": {k: round(v, 3) for k, v in h.seconds.items()},
     }
+    if h.label_errors is not None:
+        cv = h.label_errors
+        out["label_errors"] = {
+            "method": f"confident learning on {cv.folds}-fold cross-validated predictions of every image",
+            "folds": cv.folds, "model": cv.model, "epochs_per_fold": cv.epochs, "held_out_accuracy": cv.accuracy,
+            "seconds": round(cv.seconds, 3), "list": _issues_json(h, cv.issues, 0),
+        }  # fmt: skip
     if run is not None:
-        start = items.offset("test")
         out["run"] = {
             "test_accuracy": run.test_accuracy,
             "test_accuracy_without_train_copies": run.clean_accuracy,
             "test_images_without_train_copies": run.clean_images,
             "test_images": run.test_images,
-            "label_errors": [
-                {"file": items.names[start + int(i)], "given": h.classes[g], "suggested": h.classes[s], "given_probability": pg,
-                 "suggested_probability": ps}
-                for i, g, s, pg, ps in zip(*(t.tolist() for t in run.issues))
-            ],
-        }  # fmt: skip
+            "label_errors": _issues_json(h, run.issues, items.offset("test")),
+        }
     return out
+
+
+def _issues_json(health: Health, issues: LabelIssues, start: int) -> list[dict]:
+    items = health.items
+    return [
+        {"file": items.names[start + i], "split": items.splits[start + i], "given": health.classes[g], "suggested": health.classes[s],
+         "given_probability": pg, "suggested_probability": ps}
+        for i, g, s, pg, ps in zip(*(t.tolist() for t in issues))
+    ]  # fmt: skip
 
 
 # --- pictures ------------------------------------------------------------------------------------------------
@@ -295,19 +321,18 @@ def _odd_figure(health: Health, root: Path | None):
     return image_grid_figure(images, titles, ["black"] * len(images), f"Odd files ({more}unreadable ones are listed in health.json)")
 
 
-def _issues_figure(health: Health, run: RunFindings):
+def _issues_figure(health: Health, issues: LabelIssues, start: int, which: str):
+    """The first issues, their rows counted from the image at `start`; `which` says whose predictions they are."""
     from imgcls.report.plots import WRONG, image_grid_figure, short
 
-    start, items = health.items.offset("test"), health.items
-    shown = list(zip(*run.issues))[:ISSUES_SHOWN]
+    items = health.items
+    shown = list(zip(*issues))[:ISSUES_SHOWN]
     images = items.take(torch.tensor([start + int(i) for i, *_ in shown]))
     titles = [
         f"given {short(health.classes[g], 12)} ({pg:.2f})\nmodel {short(health.classes[s], 12)} ({ps:.2f})\n{_tail(items.names[start + int(i)])}"
         for i, g, s, pg, ps in shown
     ]
-    suptitle = (
-        f"Likely label errors: the test images whose given label the model finds least likely ({len(shown)} of {len(run.issues.index):,})"
-    )
+    suptitle = f"Likely label errors: {which} ({len(shown)} of {len(issues.index):,})"
     return image_grid_figure(images, titles, [WRONG] * len(shown), suptitle)
 
 
@@ -332,8 +357,14 @@ def write_findings(health: Health, out: Path, run: RunFindings | None = None, ro
     title = f"Images per class (imbalance ratio in train {ratio:.1f}{': imbalanced' if ratio >= IMBALANCE_WARNING else ''})"
     plots.save(plots.balance_figure(health.counts(), health.classes, title), out / BALANCE_FILE)
     written[BALANCE_FILE] = "Images per class"
+    cv = health.label_errors
+    if cv is not None and len(cv.issues.index):
+        which = f"the images whose given label the model that did not train on them finds least likely ({cv.folds}-fold cross-validation)"
+        plots.save(_issues_figure(health, cv.issues, 0, which), out / CV_ISSUES_FILE)
+        written[CV_ISSUES_FILE] = "Likely label errors (cross-validated)"
     if run is not None and len(run.issues.index):
-        plots.save(_issues_figure(health, run), out / ISSUES_FILE)
+        which = "the test images whose given label the model finds least likely"
+        plots.save(_issues_figure(health, run.issues, health.items.offset("test"), which), out / ISSUES_FILE)
         written[ISSUES_FILE] = "Likely label errors"
     return written
 
