@@ -14,9 +14,9 @@ from imgcls.errors import ImgclsError
 from imgcls.gan.models import Discriminator, Generator, upsamplings
 from imgcls.gan.train import hinge_losses
 
-# Recognisability after RECOGNISE_STEPS steps on mnist-sample (width 16); chance is 0.10. The threshold is not yet
-# calibrated over seeds and precisions: the one run so far (seed 0, bf16) reached 0.10, every sample judged an 8.
-RECOGNISE_STEPS, RECOGNISE_MIN = 150, 0.3
+# Recognisability after RECOGNISE_STEPS steps on mnist-sample (width 16, 500 images judged); chance is 0.10. Seeds 0-4
+# reached 0.75-0.86 in bf16 and 0.71-0.84 in fp32 (Xeon with AMX); the recipe before the fix stayed at 0.10.
+RECOGNISE_STEPS, RECOGNISE_MIN = 300, 0.5
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32)])
@@ -27,6 +27,8 @@ def test_generator_and_discriminator_shapes(shape):
     images = G(z, y)
     assert images.shape == (6, *shape) and images.min() >= -1 and images.max() <= 1
     assert D(images, y).shape == (6,)
+    scores, logits = D(images, y, logits=True)
+    assert scores.shape == (6,) and logits.shape == (6, 10)
     plain_g, plain_d = Generator(shape, 0, 16, 8), Discriminator(shape, 0, 8)
     assert plain_g(z).shape == (6, *shape) and plain_d(plain_g(z)).shape == (6,)
 
@@ -77,7 +79,7 @@ def test_run_folder_has_losses_checkpoints_grids_and_report(gan_run):
         rows = list(csv.DictReader(f))
     assert len(rows) == summary["steps"] > 2 and [int(r["step"]) for r in rows] == list(range(1, len(rows) + 1))
     assert {r["epoch"] for r in rows} == {"1", "2"}
-    assert all(math.isfinite(float(r[k])) for r in rows for k in ("d_loss", "g_loss", "d_real", "d_fake"))
+    assert all(math.isfinite(float(r[k])) for r in rows for k in ("d_loss", "g_loss", "d_real", "d_fake", "d_class", "g_class"))
     assert summary["conditional"] and summary["loss"] == "hinge" and summary["judge"] is None
     assert "classes.png" in (run / "report.html").read_text()
     grid = Image.open(run / "samples" / "epoch_002.png")
@@ -123,7 +125,7 @@ def test_bad_input_is_one_line(gan_run, tmp_path, capsys, digit_run):
 
 def test_conditional_samples_are_recognisable(tmp_path, capsys, digit_run):
     """A short run on real digits: a classifier trained on real digits names the class of the generated ones far more
-    often than chance, and the discriminator's loss falls from where it started."""
+    often than chance, and the discriminator's losses fall from where they started."""
     code, out, err = run_cli(
         capsys, "gan", "--steps", RECOGNISE_STEPS, "--width", "16", "--judge", digit_run, "--judge-images", "500", "--out", tmp_path / "run"
     )
@@ -134,6 +136,7 @@ def test_conditional_samples_are_recognisable(tmp_path, capsys, digit_run):
     assert verdict["accuracy"] > RECOGNISE_MIN, out
     assert verdict["real_test"]["accuracy"] > 0.9
     with open(tmp_path / "run" / "losses.csv") as f:
-        d_loss = [float(r["d_loss"]) for r in csv.DictReader(f)]
-    assert sum(d_loss[-20:]) < sum(d_loss[:20])
+        rows = list(csv.DictReader(f))
+    for key in ("d_loss", "d_class"):
+        assert sum(float(r[key]) for r in rows[-20:]) < sum(float(r[key]) for r in rows[:20]), key
     assert "generated images" in out and "accuracy" in out

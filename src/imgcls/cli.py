@@ -327,7 +327,7 @@ def _add_gan(sub) -> None:
     p.add_argument("--epochs", metavar="N", type=int, default=5, help="passes over the training images [5]")
     p.add_argument("--steps", metavar="N", type=int, help="stop after N steps in all (a short run) [the epochs']")
     p.add_argument("--batch-size", metavar="N", type=int, default=64, help="real (and as many generated) images per step [64]")
-    p.add_argument("--lr", metavar="LR", type=float, default=2e-4, help="Adam learning rate of both networks [2e-4]")
+    p.add_argument("--lr", metavar="LR", type=float, default=2e-3, help="Adam learning rate of both networks [2e-3]")
     p.add_argument("--z-dim", metavar="N", type=int, default=128, help="size of the generator's noise [128]")
     p.add_argument(
         "--width", metavar="N", type=int, default=32, help="channels of the largest feature maps, doubling at each smaller one [32]"

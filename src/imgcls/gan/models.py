@@ -1,11 +1,14 @@
 """DCGAN-style generator and discriminator, built for the data's image shape, class-conditional when given classes.
 
 The generator turns noise (and a class) into a small feature map that transposed convolutions double in size until it
-reaches the image; the discriminator mirrors it with strided convolutions. Conditioning: the generator's batch norms
-take a scale and shift per class (conditional batch norm), and the discriminator scores how well its features match
-the class's embedding (a projection discriminator, Miyato & Koyama 2018), which conditions far more strongly than
-feeding the label in as an input. Every discriminator layer is spectrally normalised, the Lipschitz bound that keeps
-the hinge loss stable without a gradient penalty.
+reaches the image; the discriminator mirrors it with strided convolutions and scores its whole last feature map (a
+linear layer on all of it, as DCGAN's does): pooling the map would leave a discriminator that sees only 12 px patches of a
+28 px digit, which judged stroke texture and never digit shape. Conditioning: the generator's batch norms take a scale
+and shift per class (conditional batch norm); the discriminator scores how well its features match the class's
+embedding (a projection discriminator, Miyato & Koyama 2018) and has a classifier head trained on the real images,
+whose verdict on generated ones the generator also learns from (AC-GAN's auxiliary classifier). Every discriminator
+layer but that head is spectrally normalised, the Lipschitz bound that keeps the hinge loss stable without a gradient
+penalty.
 """
 
 import torch
@@ -86,19 +89,22 @@ class Discriminator(nn.Module):
         super().__init__()
         n = upsamplings(shape)
         chans = widths(width, n)[::-1]
+        features = chans[-1] * (shape[1] >> n) * (shape[2] >> n)
         self.stem = spectral_norm(nn.Conv2d(shape[0], chans[0], 3, padding=1))
         self.downs = nn.ModuleList(spectral_norm(nn.Conv2d(a, b, 4, 2, 1)) for a, b in zip(chans[:-1], chans[1:]))
-        self.score = spectral_norm(nn.Linear(chans[-1], 1))
-        self.embed = spectral_norm(nn.Embedding(num_classes, chans[-1])) if num_classes else None
+        self.score = spectral_norm(nn.Linear(features, 1))
+        self.embed = spectral_norm(nn.Embedding(num_classes, features)) if num_classes else None
+        # Not normalised: its logits must grow past spectral norm's bound to classify confidently.
+        self.classify = nn.Linear(features, num_classes) if num_classes else None
 
-    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-        """One realness score per image (N): higher means more real, for its class when conditional."""
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None, logits: bool = False):
+        """One realness score per image (N): higher means more real, for its class when conditional. With logits=True
+        (conditional only), also the classifier head's class logits (N x classes)."""
         h = F.leaky_relu(self.stem(x), 0.1)
         for down in self.downs:
             h = F.leaky_relu(down(h), 0.1)
-        # Mean pooling (SNGAN sums): scores on the scale of the hinge margins whatever the image size.
-        h = h.mean((2, 3))
+        h = h.flatten(1)
         out = self.score(h).squeeze(1)
         if self.embed is not None:
             out = out + (self.embed(y) * h).sum(1)
-        return out
+        return (out, self.classify(h)) if logits else out

@@ -3,7 +3,10 @@
 Loss: hinge (SNGAN, BigGAN). The discriminator pushes real scores above +1 and fake ones below -1 and stops pushing
 once they are there, so it cannot run away from the generator; spectral norm in every discriminator layer bounds
 its slope. Together they train stably without WGAN-GP's gradient penalty, whose double backward would about double
-the cost of each discriminator step on a CPU. The generator that is sampled and saved is an EMA of its weights.
+the cost of each discriminator step on a CPU. Conditional GANs add AC-GAN's auxiliary classifier: the discriminator's
+class head learns the real images' classes and the generator is also trained to make its images classified as the class
+asked for, the class signal that made short runs recognisable (bench/RESULTS.md). The generator that is sampled and
+saved is an EMA of its weights.
 """
 
 import math
@@ -29,7 +32,7 @@ from imgcls.interrupt import STOP_SIGNALS, CtrlC
 from imgcls.models import num_params
 from imgcls.runs import lock_run, new_run_dir, write_json, write_rows
 
-LOSS_COLUMNS = ["step", "epoch", "d_loss", "g_loss", "d_real", "d_fake"]
+LOSS_COLUMNS = ["step", "epoch", "d_loss", "g_loss", "d_real", "d_fake", "d_class", "g_class"]
 GRID_PER_CLASS = 8  # fixed-noise images per class in each epoch's grid (64 in all without classes)
 FOLDER_SIZE = 64  # the side folders of mixed or large images are resized to: 128 px would cost 4x the time on a CPU
 
@@ -42,7 +45,7 @@ class GanConfig:
     epochs: int = 5
     steps: int | None = None  # stop after this many steps in all, even within an epoch
     batch_size: int = 64
-    lr: float = 2e-4
+    lr: float = 2e-3
     z_dim: int = 128
     width: int = 32
     ema: float = 0.999
@@ -90,9 +93,10 @@ class GanTrainer:
         torch.manual_seed(cfg.seed)
         self.G = Generator(data.shape, self.num_classes, cfg.z_dim, cfg.width).to(self.device)
         self.D = Discriminator(data.shape, self.num_classes, cfg.width).to(self.device)
-        # Adam with beta1 0.5: DCGAN's and SNGAN's setting; the default 0.9 carries momentum into an opponent that has moved.
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+        # Adam without momentum (beta1 0), as SNGAN and BigGAN use with hinge loss: momentum carries steps into an opponent
+        # that has moved. lr 2e-3, 10x theirs: at 2e-4 a few hundred steps on a CPU learned strokes but no digits.
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=(0.0, 0.9))
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=(0.0, 0.9))
         self.ema = WeightAverage(self.G, cfg.ema)
         self.images, self.labels = training_images(data)
         self.steps_per_epoch = batches_per_epoch(len(self.labels), cfg.batch_size)
@@ -120,22 +124,33 @@ class GanTrainer:
         # Fakes of the real batch's classes: the projection discriminator compares like with like.
         y = self.labels[idx].to(self.device) if self.num_classes else None
         z = torch.randn(len(idx), self.cfg.z_dim, device=self.device, generator=self.generator)
+        zero = torch.zeros((), device=self.device)
         with autocast(self.device, self.amp):
             fake = self.G(z, y)
-            d_real, d_fake = self.D(real, y).float(), self.D(fake.detach(), y).float()
+            if self.num_classes:
+                d_real, logits = self.D(real, y, logits=True)
+                d_class = F.cross_entropy(logits.float(), y)  # on real images only: fakes would teach it their mistakes
+            else:
+                d_real, d_class = self.D(real, y), zero
+            d_real, d_fake = d_real.float(), self.D(fake.detach(), y).float()
             d_loss = hinge_losses(d_real, d_fake)
         self.opt_d.zero_grad(set_to_none=True)
-        d_loss.backward()
+        (d_loss + d_class).backward()
         self.opt_d.step()
         self.D.requires_grad_(False)  # the generator's step needs gradients through D, not for its weights
         with autocast(self.device, self.amp):
-            g_loss = -self.D(fake, y).float().mean()
+            if self.num_classes:
+                g_score, logits = self.D(fake, y, logits=True)
+                g_class = F.cross_entropy(logits.float(), y)
+            else:
+                g_score, g_class = self.D(fake, y), zero
+            g_loss = -g_score.float().mean()
         self.opt_g.zero_grad(set_to_none=True)
-        g_loss.backward()
+        (g_loss + g_class).backward()
         self.opt_g.step()
         self.D.requires_grad_(True)
         self.ema.update(self.G)
-        return torch.stack([d_loss, g_loss, d_real.mean(), d_fake.mean()]).detach()
+        return torch.stack([d_loss, g_loss, d_real.mean(), d_fake.mean(), d_class, g_class]).detach()
 
     def train_epoch(self, epoch: int) -> None:
         self.G.train()
@@ -149,8 +164,8 @@ class GanTrainer:
                 break
         self.seconds += time.perf_counter() - start
         first = self.step - len(stats) + 1
-        for step, (d_loss, g_loss, d_real, d_fake) in enumerate(torch.stack(stats).tolist(), first):  # one read-back per epoch
-            self.rows.append({"step": step, "epoch": epoch + 1, "d_loss": d_loss, "g_loss": g_loss, "d_real": d_real, "d_fake": d_fake})
+        for step, values in enumerate(torch.stack(stats).tolist(), first):  # one read-back per epoch
+            self.rows.append({"step": step, "epoch": epoch + 1, **dict(zip(LOSS_COLUMNS[2:], values))})
         last = self.rows[-1]
         if not all(math.isfinite(last[k]) for k in LOSS_COLUMNS[2:]):
             raise ImgclsError(
@@ -216,7 +231,8 @@ def train_gan(cfg: GanConfig, out: Path | None = None, judge: str | None = None,
         kind = f"conditional on {data.num_classes} classes" if trainer.num_classes else "unconditional"
         print(
             f"run {run_dir}\ndata {data.name}: {len(trainer.labels):,} training images, {'x'.join(map(str, data.shape))}, {kind}\n"
-            f"GAN: generator {num_params(trainer.G):,} params, discriminator {num_params(trainer.D):,} (spectral norm), hinge loss, "
+            f"GAN: generator {num_params(trainer.G):,} params, discriminator {num_params(trainer.D):,} (spectral norm), hinge loss"
+            f"{' + auxiliary classifier' if trainer.num_classes else ''}, "
             f"Adam lr {cfg.lr:g}, batch {cfg.batch_size}, {trainer.total_steps} steps ({trainer.epochs} epoch{'s' * (trainer.epochs != 1)}), "
             f"EMA {cfg.ema:g}, on {trainer.device}{' (AMP ' + str(trainer.amp).removeprefix('torch.') + ')' if trainer.amp else ''}",
             flush=True,
