@@ -1,3 +1,4 @@
+import dataclasses
 import errno
 import math
 import os
@@ -120,6 +121,23 @@ def test_early_stopping_stops_after_patience_epochs_without_improvement(tmp_path
     trainer = trainer_for(tmp_path, tiny_dataset(), epochs=30, patience=2, lr=1e-9, schedule="none")
     summary = trainer.fit()
     assert summary["stopped_early"] and summary["epochs_run"] == summary["best_epoch"] + 2 < 30
+
+
+def test_best_epoch_ties_in_accuracy_go_to_the_lower_loss(tmp_path):
+    trainer = trainer_for(tmp_path, tiny_dataset(), epochs=4)
+    scripted = iter([(0.9, 0.5), (0.9, 0.3), (0.8, 0.1), (0.9, 0.4)])  # val (accuracy, loss) of each epoch
+    real = trainer._eval
+
+    def val(split, shifts=True):
+        result = real(split, shifts)
+        if shifts:  # the test set's pass
+            return result
+        accuracy, loss = next(scripted)
+        return dataclasses.replace(result, accuracy=accuracy, loss=loss)
+
+    trainer._eval = val
+    summary = trainer.fit()
+    assert (summary["best_epoch"], summary["best_val_accuracy"]) == (2, 0.9)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])

@@ -130,7 +130,12 @@ def _add_train(sub) -> None:
         choices=["cosine", "onecycle", "linear", "step", "none"],
         help="learning-rate schedule; linear: up from lr/5 over the first 23%%, down to 7%% [recipe]",
     )
-    p.add_argument("--patience", metavar="N", type=int, help="stop after this many epochs without a better val accuracy; 0 = off [0]")
+    p.add_argument(
+        "--patience",
+        metavar="N",
+        type=int,
+        help="stop after this many epochs without a better val accuracy (or the same at a lower loss); 0 = off [0]",
+    )
     p.add_argument(
         "--tta",
         action=argparse.BooleanOptionalAction,

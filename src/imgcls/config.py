@@ -70,7 +70,7 @@ class TrainConfig:
     weight_decay: float | None = None
     schedule: str | None = None
     label_smoothing: float | None = None
-    patience: int = 0  # epochs without a better val accuracy before stopping; 0 = never stop early
+    patience: int = 0  # epochs without a better val accuracy (or the same at a lower loss) before stopping; 0 = never stop early
     seed: int = 0
     device: str = "auto"
     val_fraction: float = 0.1

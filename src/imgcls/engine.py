@@ -67,6 +67,7 @@ class Progress:
     images_seen: int = 0  # training images of completed epochs
     history: list[dict] = field(default_factory=list)
     best_val_accuracy: float = -1.0
+    best_val_loss: float = math.inf
     best_epoch: int = 0
     stale_epochs: int = 0
     finished: bool = False
@@ -350,10 +351,11 @@ class Trainer:
         p.train_seconds += p.seconds
         p.images_seen += int(seen)
         p.epoch, p.step, p.totals, p.seconds = p.epoch + 1, 0, [0.0, 0.0, 0.0], 0.0
-        improved = val.accuracy > p.best_val_accuracy
+        # Ties in accuracy go to the lower loss: a 50-image val set ties often, and the first of equals is the least trained.
+        improved = (val.accuracy, -val.loss) > (p.best_val_accuracy, -p.best_val_loss)
         # The val figures are every process's (sharded, gathered), so all decide the same: best epoch, early stop.
         if improved:
-            p.best_val_accuracy, p.best_epoch, p.stale_epochs = val.accuracy, p.epoch, 0
+            p.best_val_accuracy, p.best_val_loss, p.best_epoch, p.stale_epochs = val.accuracy, val.loss, p.epoch, 0
             if self.group.main:
                 checkpoint.atomic_save(self._payload(self._weights(self.evaluated)), self.run_dir / "best.pt")
         else:

@@ -13,7 +13,7 @@ from imgcls.autoencode.models import AutoEncoder
 from imgcls.autoencode.train import Encoded, decode, reconstruct
 from imgcls.data.core import Dataset
 from imgcls.report import plots
-from imgcls.report.html import STYLE, _image, _table
+from imgcls.report.html import config_table, image_tag, page, table
 from imgcls.report.interpret import sample_indices
 from imgcls.runs import write_text
 
@@ -180,7 +180,7 @@ def render(run_dir: Path, shown: dict[str, str], config: dict, summary: dict, hi
         ("device", summary["device"]),
     ]
     boxes = "".join(f'<div class="figure">{escape(label)}<b>{escape(value)}</b></div>' for label, value in figures)
-    sections = "\n".join(f"<h2>{escape(heading)}</h2>\n<p>{_image(run_dir / name, heading)}</p>" for name, heading in shown.items())
+    sections = "\n".join(f"<h2>{escape(heading)}</h2>\n<p>{image_tag(run_dir / name, heading)}</p>" for name, heading in shown.items())
     kl = summary["kind"] == "vae"  # a plain autoencoder's KL columns would be all zeros
     header = ["epoch", "train MSE", *(["train KL"] if kl else []), "val MSE", *(["val KL"] if kl else []), "lr", "seconds"]
     epochs = [
@@ -188,16 +188,9 @@ def render(run_dir: Path, shown: dict[str, str], config: dict, summary: dict, hi
          *([f"{r['val_kl']:.2f}"] if kl else []), f"{r['lr']:.3g}", f"{r['seconds']:.1f}"]
         for r in history
     ]  # fmt: skip
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{escape(title)}</title>
-<style>{STYLE}</style>
-</head>
-<body>
-<h1>{escape(title)}</h1>
-<p>A {escape(kind)} on {escape(summary["dataset"])}; figures on the test set with the best checkpoint (best.pt, lowest validation
+    return page(
+        title,
+        f"""<p>A {escape(kind)} on {escape(summary["dataset"])}; figures on the test set with the best checkpoint (best.pt, lowest validation
 loss). Reconstruction MSE is per pixel, with pixels in [0, 1]; the baseline predicts every test image as the mean training image.
 A VAE's training figures decode sampled codes, its validation and test figures its mean codes. The latent map projects the
 codes (a VAE's mean codes) on their first two principal components (PCA). anomalies.csv ranks every test image by its
@@ -206,10 +199,9 @@ reconstruction MSE.</p>
 {sections}
 <div class="columns">
 <div><h2>Epochs</h2>
-{_table(header, epochs, numeric=set(range(len(header))))}</div>
+{table(header, epochs, numeric=set(range(len(header))))}</div>
 <div><h2>Config</h2>
-{_table(["setting", "value"], [[k, v] for k, v in config.items()])}</div>
+{config_table(config)}</div>
 </div>
-</body>
-</html>
-"""
+""",
+    )

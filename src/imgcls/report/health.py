@@ -374,7 +374,7 @@ def write_findings(health: Health, out: Path, run: RunFindings | None = None, ro
 
 def html_section(health: Health, out: Path, written: dict[str, str], run: RunFindings | None) -> str:
     """The "Dataset health" part of report.html: the figures, a table of findings and the pictures."""
-    from imgcls.report.html import _image, _table
+    from imgcls.report.html import image_tag, table
 
     h, items = health, health.items
     figures = []
@@ -390,11 +390,11 @@ def html_section(health: Health, out: Path, written: dict[str, str], run: RunFin
     rows += [[label, len(h.odd[kind]), ", ".join(n for n, _ in h.odd[kind][:EXAMPLES])] for kind, label in ODD_KINDS.items()]
     if run is not None:
         rows.append(["Likely label errors (test set, confident learning)", len(run.issues.index), "the grid shows the most likely"])
-    pictures = "\n".join(f"<h3>{escape(heading)}</h3>\n<p>{_image(out / name, heading)}</p>" for name, heading in written.items())
+    pictures = "\n".join(f"<h3>{escape(heading)}</h3>\n<p>{image_tag(out / name, heading)}</p>" for name, heading in written.items())
     return f"""<h2>Dataset health</h2>
 <p>{escape(METHOD)}. Every finding is listed in health.json.</p>
 <div class="figures">{boxes}</div>
-{_table(["finding", "count", "note"], rows, numeric={1})}
+{table(["finding", "count", "note"], rows, numeric={1})}
 {pictures}"""
 
 

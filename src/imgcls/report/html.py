@@ -17,7 +17,7 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 """
 
 
-def _table(header: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:
+def table(header: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:
     def cells(values, tag):
         return "".join(f"<{tag}{' class=num' if i in numeric else ''}>{escape(str(v))}</{tag}>" for i, v in enumerate(values))
 
@@ -25,9 +25,29 @@ def _table(header: list[str], rows: list[list], numeric: set[int] = frozenset())
     return f"<table><thead><tr>{cells(header, 'th')}</tr></thead>\n<tbody>\n{body}\n</tbody></table>"
 
 
-def _image(path: Path, alt: str) -> str:
+def image_tag(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<a href="{escape(path.name)}"><img src="data:image/png;base64,{data}" alt="{escape(alt)}" title="{escape(path.name)}"></a>'
+
+
+def page(title: str, body: str) -> str:
+    """A whole self-contained page: the shared head and style, the title as its heading, then body."""
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>{escape(title)}</title>
+<style>{STYLE}</style>
+</head>
+<body>
+<h1>{escape(title)}</h1>
+{body}</body>
+</html>
+"""
+
+
+def config_table(config: dict) -> str:
+    return table(["setting", "value"], [[k, v] for k, v in config.items()])
 
 
 def _figures(summary: dict, test: dict) -> list[tuple[str, str]]:
@@ -60,7 +80,7 @@ def render(
     title = f"imgcls report: {run_dir.name}"
     about = ", ".join(f"{k} {config[k]}" for k in ("data", "model") if k in config)
     figures = "".join(f'<div class="figure">{escape(label)}<b>{escape(value)}</b></div>' for label, value in _figures(summary, test))
-    sections = "\n".join(f"<h2>{escape(heading)}</h2>\n<p>{_image(run_dir / name, heading)}</p>" for name, heading in plots.items())
+    sections = "\n".join(f"<h2>{escape(heading)}</h2>\n<p>{image_tag(run_dir / name, heading)}</p>" for name, heading in plots.items())
     totals = confusion.sum(1).tolist()
     per_class = [
         [name, f"{confusion[i, i].item() / totals[i]:.2%}" if totals[i] else "n/a", confusion[i, i].item(), totals[i]]
@@ -70,27 +90,19 @@ def render(
         [r["epoch"], f"{r['train_loss']:.4f}", f"{r['train_acc']:.2%}", f"{r['val_loss']:.4f}", f"{r['val_acc']:.2%}", f"{r['lr']:.3g}", f"{r['seconds']:.1f}"]
         for r in history
     ]  # fmt: skip
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{escape(title)}</title>
-<style>{STYLE}</style>
-</head>
-<body>
-<h1>{escape(title)}</h1>
-<p>{escape(about)}; everything below is on the test set with the best checkpoint (best.pt) unless it says otherwise.</p>
+    return page(
+        title,
+        f"""<p>{escape(about)}; everything below is on the test set with the best checkpoint (best.pt) unless it says otherwise.</p>
 <div class="figures">{figures}</div>
 {sections}
 {health}
 <div class="columns">
 <div><h2>Per-class accuracy</h2>
-{_table(["class", "accuracy", "correct", "images"], per_class, numeric={1, 2, 3})}</div>
+{table(["class", "accuracy", "correct", "images"], per_class, numeric={1, 2, 3})}</div>
 <div><h2>Epochs</h2>
-{_table(["epoch", "train loss", "train acc", "val loss", "val acc", "lr", "seconds"], epochs, numeric=set(range(7)))}
+{table(["epoch", "train loss", "train acc", "val loss", "val acc", "lr", "seconds"], epochs, numeric=set(range(7)))}
 <h2>Config</h2>
-{_table(["setting", "value"], [[k, v] for k, v in config.items()])}</div>
+{config_table(config)}</div>
 </div>
-</body>
-</html>
-"""
+""",
+    )
