@@ -113,11 +113,11 @@ def losses_figure(rows: list[dict]):
 
 
 def _picture(run_dir: Path, name: str, heading: str) -> str:
-    """The report's embedded picture, linked to its file: html._image links by file name, and epoch grids lie in samples/."""
+    """The report's embedded picture, linked to its file: html.image_tag links by file name, and epoch grids lie in samples/."""
     from imgcls.report import html
 
     link = 'href="' + Path(name).name + '"'
-    return html._image(run_dir / name, heading).replace(link, 'href="' + name + '"', 1)
+    return html.image_tag(run_dir / name, heading).replace(link, 'href="' + name + '"', 1)
 
 
 def write_report(run_dir: Path, trainer, summary: dict) -> Path:
@@ -146,19 +146,13 @@ def write_report(run_dir: Path, trainer, summary: dict) -> Path:
     if verdict:
         rows = [[c, f"{v['accuracy']:.1%}", f"{v['confidence']:.1%}", v["images"]] for c, v in verdict["per_class"].items()]
         rows.append(["all", f"{verdict['accuracy']:.1%}", f"{verdict['confidence']:.1%}", verdict["images"]])
-        body += f"\n<h2>Recognisability: {escape(verdict['judge'])}</h2>\n" + html._table(
+        body += f"\n<h2>Recognisability: {escape(verdict['judge'])}</h2>\n" + html.table(
             ["class", "accuracy", "confidence", "images"], rows, numeric={1, 2, 3}
         )
     config = read_json(run_dir / "config.json")
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>imgcls GAN: {escape(run_dir.name)}</title><style>{html.STYLE}</style></head>
-<body><h1>imgcls GAN: {escape(run_dir.name)}</h1>
-{html._table(["", ""], facts)}
-{body}
-<h2>Config</h2>
-{html._table(["setting", "value"], [[k, v] for k, v in config.items()])}
-</body></html>
-"""
+    page = html.page(
+        f"imgcls GAN: {run_dir.name}", f"{html.table(['', ''], facts)}\n{body}\n<h2>Config</h2>\n{html.config_table(config)}\n"
+    )
     path = run_dir / "report.html"
     write_text(path, page)
     return path
