@@ -89,13 +89,17 @@ def format_judge(verdict: dict) -> str:
 
 
 def losses_figure(rows: list[dict]):
-    """The discriminator's and generator's losses per step, and the mean scores of real and fake images (moving averages)."""
+    """The discriminator's and generator's losses per step (with the class losses when conditional), and the mean scores of real and fake images (moving averages)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(11, 3.6), layout="constrained")
     axes = fig.subplots(1, 2)
     steps = [r["step"] for r in rows]
-    panels = [(axes[0], "Losses", [("d_loss", "discriminator (hinge)"), ("g_loss", "generator")]),
+    losses = [("d_loss", "discriminator (hinge)"), ("g_loss", "generator")]
+    # The auxiliary classifier's cross-entropies, on real images (D) and fakes (G); unconditional runs log zeros.
+    if any(r.get("d_class") for r in rows):
+        losses += [("d_class", "D's class loss (real)"), ("g_class", "G's class loss (fakes)")]
+    panels = [(axes[0], "Losses", losses),
               (axes[1], "Discriminator scores", [("d_real", "real images"), ("d_fake", "generated images")])]  # fmt: skip
     for ax, title, series in panels:
         for key, label in series:
