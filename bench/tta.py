@@ -3,7 +3,8 @@
     python bench/tta.py --task mnist --data-dir ../shared/data
     python bench/tta.py --task cifar10 --data-dir ../shared/data --baseline-cap 900
 
-CIFAR-10's targets are 90% (fast recipe) and 94% (accurate), with the fast run's time to 85% also printed.
+CIFAR-10's targets are 90% (fast recipe) and 94% (accurate), with the fast run's time to 85% also printed, and
+85% again for the quick recipe, whose shorter schedule gets there sooner.
 The clock counts training only (data already in memory, as a user's run after loading): at every check
 the model is tested on the test set with the clock stopped, and the first check at or above a target
 stops the clock for that target. The test set is read for nothing else. The baseline is the tutorial
@@ -41,11 +42,12 @@ class Task:
     check_images: int  # training images between test-set checks, for imgcls and the baseline alike
     baseline_cap: float  # seconds
     milestones: tuple[float, ...] = ()  # lower accuracies whose time the fast recipe's run also reports
+    quick_target: float | None = None  # the quick recipe's own run, to this accuracy
 
 
 TASKS = {
     "mnist": Task("mnist", (0.99, 0.995), 15_000, 900.0),
-    "cifar10": Task("cifar10-jpeg", (0.90, 0.94), 45_000, 900.0, milestones=(0.85,)),
+    "cifar10": Task("cifar10-jpeg", (0.90, 0.94), 45_000, 900.0, milestones=(0.85,), quick_target=0.85),
 }
 
 
@@ -242,6 +244,7 @@ def main(argv=None) -> int:
     parser.add_argument("--baseline-cap", type=float, help="seconds before the baseline is stopped [900]")
     parser.add_argument("--no-baseline", action="store_true", help="skip the baseline (its fields become null)")
     parser.add_argument("--no-second", action="store_true", help="skip the accurate recipe's run to the second target")
+    parser.add_argument("--no-quick", action="store_true", help="skip the quick recipe's run (CIFAR-10)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args(argv)
     task, data_dir = TASKS[args.task], Path(args.data_dir).resolve()
@@ -275,6 +278,13 @@ def main(argv=None) -> int:
     result["imgcls_eval_seconds"] = round(curve.eval_seconds, 1)
     result["peak_memory_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
+    if task.quick_target and not args.no_quick:
+        quick, _ = run_imgcls(data, task, "quick", (task.quick_target,), 0, args.device)
+        hit = quick.reached(task.quick_target)
+        result["quick"] = {
+            "target": task.quick_target, "recipe": "quick", "imgcls_seconds": hit and hit[0], "imgcls_accuracy": hit[1] if hit else quick.best,
+        }  # fmt: skip
+
     if not args.no_second:
         second, _ = run_imgcls(data, task, "accurate", task.targets[1:], 0, args.device)
         hit = second.reached(task.targets[1])
@@ -302,6 +312,8 @@ def main(argv=None) -> int:
 
     rows = [("imgcls fast", m, *(runs[0][0].reached(m) or (None, runs[0][0].best))) for m in task.milestones]
     rows.append(("imgcls fast", task.targets[0], result["imgcls_seconds"], result["imgcls_accuracy"]))
+    if "quick" in result:
+        rows.append(("imgcls quick", result["quick"]["target"], result["quick"]["imgcls_seconds"], result["quick"]["imgcls_accuracy"]))
     if "second" in result:
         rows.append(("imgcls accurate", task.targets[1], result["second"]["imgcls_seconds"], result["second"]["imgcls_accuracy"]))
     if not args.no_baseline:

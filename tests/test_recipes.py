@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -67,6 +69,17 @@ def test_accurate_recipe_trains_longer_with_more_augmentation():
     assert accurate.crop_padding > fast.crop_padding and accurate.rotate > 0
 
 
+def test_quick_recipe_is_half_the_fast_one_and_narrower_on_small_colour_images():
+    for data in (digits(54000), colour(n_train=45000), colour(n_train=8, side=128)):
+        fast, quick = (fill_defaults(TrainConfig(recipe=r), data) for r in ("fast", "quick"))
+        assert quick.epochs == max(1, math.ceil(fast.epochs / 2)) and quick.model == fast.model
+    fast, quick = (fill_defaults(TrainConfig(recipe=r), colour(n_train=45000)) for r in ("fast", "quick"))
+    assert (fast.width, fast.lookahead, quick.width, quick.lookahead) == (64, True, 32, False)
+    assert (quick.whiten, quick.schedule, quick.lr) == (fast.whiten, fast.schedule, fast.lr)
+    mine = fill_defaults(TrainConfig(recipe="quick", epochs=3, width=48, lookahead=True), colour(n_train=45000))
+    assert (mine.epochs, mine.width, mine.lookahead) == (3, 48, True)
+
+
 def test_options_the_user_set_win_over_the_recipe():
     cfg = fill_defaults(TrainConfig(model="cnn", epochs=3, batch_size=32, lr=0.01, tta=True, label_smoothing=0.0), colour())
     assert (cfg.model, cfg.epochs, cfg.batch_size, cfg.lr, cfg.tta, cfg.label_smoothing) == ("cnn", 3, 32, 0.01, True, 0.0)
@@ -102,7 +115,7 @@ def test_dropout_with_the_recipe_model_is_refused_before_training():
         fill_defaults(TrainConfig(dropout=0.3), digits())
 
 
-@pytest.mark.parametrize("recipe", ["fast", "accurate"])
+@pytest.mark.parametrize("recipe", ["fast", "quick", "accurate"])
 def test_settings_derived_from_the_epoch_count_use_the_users_epochs(recipe):
     # One pass with shifts left a 1-epoch run anywhere between 67% and 96% depending on the seed.
     one = fill_defaults(TrainConfig(recipe=recipe, epochs=1), digits(9000))

@@ -18,7 +18,7 @@ def _add_setup(p) -> None:
     # Every default is None so that the config layer (and --resume) can tell what the user set.
     p.add_argument("--data", metavar="NAME|PATH", help="dataset name (see `imgcls datasets`) or an image folder path [mnist-sample]")
     p.add_argument("--data-dir", metavar="DIR", help="where named datasets live [$IMGCLS_DATA or a per-user cache folder]")
-    p.add_argument("--recipe", choices=["fast", "accurate"], help="tuned settings for every option left unset (see README) [fast]")
+    p.add_argument("--recipe", choices=["fast", "quick", "accurate"], help="tuned settings for every option left unset (see README) [fast]")
     p.add_argument(
         "--model",
         metavar="NAME",
