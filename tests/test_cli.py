@@ -163,7 +163,7 @@ def test_checkpoint_from_other_classes_is_refused(trained_run, tmp_path, capsys)
 def test_damaged_and_foreign_checkpoints_are_refused(tmp_path, capsys, trained_run):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     code, _, err = run_cli(capsys, "evaluate", tmp_path / "junk.pt")
-    assert code == 2 and "cannot read checkpoint" in err
+    assert code == 2 and "cannot read" in err and "damaged or not an imgcls checkpoint" in err
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
     code, _, err = run_cli(capsys, "evaluate", tmp_path / "foreign.pt")
     assert code == 2 and "not an imgcls checkpoint" in err

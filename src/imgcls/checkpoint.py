@@ -81,14 +81,20 @@ def resolve(path: str | os.PathLike, which: str = "best") -> Path:
     return path
 
 
-def load(path: str | os.PathLike, which: str = "best") -> dict:
-    path = resolve(path, which)
+def read_tagged(path: Path, fmt: str, what: str, fix: str) -> dict:
+    """A dict saved with {"format": fmt}, loaded with weights_only=True; else one line saying it is not `what`, and `fix`."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt, truncated or foreign files all get the same advice
-        raise ImgclsError(f"cannot read checkpoint {path} ({type(e).__name__}): it is damaged or not an imgcls checkpoint") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ImgclsError(f"{path} is not an imgcls checkpoint: pass a run folder or a best.pt/last.pt written by `imgcls train`")
+        raise ImgclsError(f"cannot read {path} ({type(e).__name__}): it is damaged or not {what}") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
+        raise ImgclsError(f"{path} is not {what}: {fix}")
+    return ckpt
+
+
+def load(path: str | os.PathLike, which: str = "best") -> dict:
+    path = resolve(path, which)
+    ckpt = read_tagged(path, FORMAT, "an imgcls checkpoint", "pass a run folder or a best.pt/last.pt written by `imgcls train`")
     missing = [key for key in (*KEYS, *(RESUME_KEYS if "progress" in ckpt else ())) if key not in ckpt]
     if missing:
         raise ImgclsError(

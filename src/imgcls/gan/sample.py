@@ -4,6 +4,7 @@ from pathlib import Path
 
 import torch
 
+from imgcls.checkpoint import read_tagged
 from imgcls.errors import ImgclsError
 from imgcls.gan.models import Generator
 
@@ -39,12 +40,7 @@ def load_generator(run: str | Path, device: torch.device | str = "cpu") -> tuple
             raise ImgclsError(f"{path.parent} is not a GAN run (no generator.pt): pass a run folder made by `imgcls gan`")
     elif not path.is_file():
         raise ImgclsError(f"{path} does not exist: pass a run folder made by `imgcls gan`")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt, truncated or foreign files all get the same advice
-        raise ImgclsError(f"cannot read {path} ({type(e).__name__}): it is damaged or not a generator saved by `imgcls gan`") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ImgclsError(f"{path} is not a generator saved by `imgcls gan`: pass a run folder made by `imgcls gan`")
+    ckpt = read_tagged(path, FORMAT, "a generator saved by `imgcls gan`", "pass a run folder made by `imgcls gan`")
     G = Generator(tuple(ckpt["shape"]), ckpt["num_classes"], ckpt["z_dim"], ckpt["width"])
     G.load_state_dict(ckpt["state_dict"])
     return G.to(device).eval(), ckpt
