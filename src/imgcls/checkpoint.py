@@ -81,12 +81,17 @@ def resolve(path: str | os.PathLike, which: str = "best") -> Path:
     return path
 
 
-def read_tagged(path: Path, fmt: str, what: str, fix: str) -> dict:
-    """A dict saved with {"format": fmt}, loaded with weights_only=True; else one line saying it is not `what`, and `fix`."""
+def read_file(path: Path, what: str):
+    """What torch.save wrote to path, loaded with weights_only=True; a file it cannot read is one line: damaged or not `what`."""
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt, truncated or foreign files all get the same advice
         raise ImgclsError(f"cannot read {path} ({type(e).__name__}): it is damaged or not {what}") from None
+
+
+def read_tagged(path: Path, fmt: str, what: str, fix: str) -> dict:
+    """A dict saved with {"format": fmt} (read_file); anything else is one line saying it is not `what`, and `fix`."""
+    ckpt = read_file(path, what)
     if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
         raise ImgclsError(f"{path} is not {what}: {fix}")
     return ckpt

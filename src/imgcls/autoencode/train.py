@@ -319,10 +319,7 @@ def describe(run: Run) -> str:
 
 def checkpoint_file(path: Path) -> dict:
     """An autoencoder checkpoint file, read with weights_only=True; anything else is a one-line error."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - corrupt, truncated or foreign files all get the same advice
-        raise ImgclsError(f"cannot read {path} ({type(e).__name__}): it is damaged or not an imgcls checkpoint") from None
+    ckpt = checkpoint.read_file(path, "an imgcls checkpoint")
     fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
     if fmt == checkpoint.FORMAT:
         raise ImgclsError(f"{path} is a classifier's (`imgcls train`), not an autoencoder's: pass a run folder made by `imgcls autoencode`")
