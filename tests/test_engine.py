@@ -140,7 +140,7 @@ def test_best_epoch_ties_in_accuracy_go_to_the_lower_loss(tmp_path):
     assert (summary["best_epoch"], summary["best_val_accuracy"]) == (2, 0.9)
 
 
-@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw"])
+@pytest.mark.parametrize("optimizer", ["sgd", "adam", "adamw", "muon"])
 @pytest.mark.parametrize("schedule", ["cosine", "onecycle", "step", "none"])
 def test_every_optimizer_and_schedule_trains(tmp_path, optimizer, schedule):
     trainer = trainer_for(tmp_path, tiny_dataset(n_train=128), epochs=2, optimizer=optimizer, schedule=schedule)

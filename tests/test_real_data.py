@@ -60,10 +60,10 @@ def link_cifar(root: Path, classes: list[str], per_class: int) -> Path:
     return root
 
 
-def test_fine_tuning_from_cifar8_beats_training_from_scratch_on_airplane_vs_bird(capsys):
+def test_fine_tuning_from_cifar8_beats_training_from_scratch_in_the_same_time_on_airplane_vs_bird(capsys):
     """bench/transfer.py's experiment, smaller: speednet (width 32: 2.4x cheaper to pretrain on a CPU without bf16)
     pretrained on CIFAR-10's eight other classes (2,000 images each, 10 epochs), then 250 airplanes and 250 birds,
-    fine-tuned (`--weights`) against from scratch with the full recipe (100 epochs) and in the fine-tune's time."""
+    fine-tuned (`--weights`) against from scratch in the fine-tune's time and with the full recipe (100 epochs)."""
     others = ["automobile", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
     assert main(["train", "--data", str(link_cifar(Path("cifar8"), others, 2000)), "--epochs", "10", "--width", "32", "--out", "pre"]) == 0
     two = link_cifar(Path("airplane-vs-bird"), ["airplane", "bird"], 250)  # not "cifar2": that names the dataset
@@ -75,8 +75,9 @@ def test_fine_tuning_from_cifar8_beats_training_from_scratch_on_airplane_vs_bird
     epochs = max(1, round(tuned_seconds / (scratch["train_seconds"] / scratch["epochs_run"])))
     same_time = train(capsys, "--data", two, "--epochs", epochs)
     assert tuned["test_images"] == 2000 and tuned["frozen_stage"]["epochs"] >= 5
-    # Intel Xeon (AMX), seeds 0 and 1 in bf16, seed 0 in fp32: fine-tuned 88.6, 87.8, 88.2%; from scratch (the airbench-style
-    # recipe, 100 epochs) 86.8, 86.2, 85.8%; from scratch in the fine-tune's time 84.1, 84.6, 83.9%. That recipe learns
-    # 500 images well, so fine-tuning's lead is 1.7-2.5 points over the full run and 3.3-4.5 in the same time.
-    assert tuned["test_accuracy"] >= scratch["test_accuracy"] + 0.005
+    # Intel Xeon (AMX), seeds 0 and 1 in bf16, seed 0 in fp32, the recipe with Muon: fine-tuned 86.8, 86.5, 86.8%; from
+    # scratch (100 epochs) 87.3, 84.2, 86.3%; from scratch in the fine-tune's time 84.2, 83.8, 83.3%. The airbench-style
+    # recipe learns 500 images well: fine-tuning leads by 2.6-3.6 points in the same time and matches the full run
+    # (-0.5 to +2.4) in a sixth of its time (with sgd: 87.8-88.6 / 85.8-86.8 / 83.9-84.6%).
     assert tuned["test_accuracy"] >= same_time["test_accuracy"] + 0.015
+    assert tuned["test_accuracy"] >= scratch["test_accuracy"] - 0.015

@@ -44,6 +44,8 @@ def test_small_colour_images_get_airbench_settings_scaled_to_the_batch():
     cifar = fill_defaults(TrainConfig(), colour())
     assert (cifar.width, cifar.whiten, cifar.dirac, cifar.bn_scale, cifar.lookahead) == (64, True, True, False, True)
     assert (cifar.batch_size, cifar.lr, cifar.momentum, cifar.norm_lr_mult, cifar.schedule) == (1024, 1.5, 0.85, 64.0, "linear")
+    assert (cifar.optimizer, cifar.muon_lr) == ("muon", 0.24)
+    assert fill_defaults(TrainConfig(optimizer="sgd"), colour()).lr == 1.5  # sgd alone keeps the recipe's tuned lr
     assert cifar.alternate_flips and cifar.tta_shift == 1
     assert fill_defaults(TrainConfig(batch_size=256), colour()).lr == 1.5 / 4  # the lr per image stays
     small = fill_defaults(TrainConfig(), colour(n_train=500))
@@ -152,4 +154,4 @@ def test_from_scratch_nothing_is_frozen_and_every_layer_learns_at_the_lr():
     for data in (digits(), colour(), colour(n_train=500, side=128)):
         cfg = fill_defaults(TrainConfig(freeze_epochs=3, lr_mult=10.0), data)
         assert (cfg.freeze_epochs, cfg.lr_mult, cfg.crop_scale) == (0, 1.0, 1.0)
-        assert cfg.optimizer == "sgd" and cfg.model in ("digitnet", "speednet")
+        assert cfg.optimizer in ("sgd", "muon") and cfg.model in ("digitnet", "speednet")

@@ -26,7 +26,13 @@ def _add_setup(p) -> None:
         "[recipe: digitnet for digits, speednet for small images; photos: resnet18 when its ImageNet weights can be had, else speednet]",
     )
     p.add_argument("--batch-size", metavar="N", type=int, help="images per step [recipe: digits 128, small images 1024, large 64]")
-    p.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], help="sgd is SGD with Nesterov momentum (--momentum) [recipe: sgd]")
+    p.add_argument(
+        "--optimizer", choices=["sgd", "adam", "adamw", "muon"],
+        help="sgd is SGD with Nesterov momentum (--momentum); muon: Muon for conv filters (--muon-lr), sgd for the rest [recipe: sgd]",
+    )  # fmt: skip
+    p.add_argument(
+        "--muon-lr", metavar="LR", type=float, help="--optimizer muon: the conv filters' peak lr, each filter held at unit norm [0.24]"
+    )
     p.add_argument("--weight-decay", metavar="WD", type=float, help="[recipe: 5e-4; another optimizer: sgd 5e-4, adam 0, adamw 0.01]")
     p.add_argument("--momentum", metavar="M", type=float, help="sgd's Nesterov momentum [recipe: 0.85 for small colour images, else 0.9]")
     p.add_argument(
@@ -389,7 +395,7 @@ SETUP_KEYS = [
     "data", "data_dir", "recipe", "model", "batch_size", "optimizer", "weight_decay", "label_smoothing", "seed", "device",
     "val_fraction", "image_size", "dropout", "hidden_size", "layers", "bidirectional", "pool", "clip_grad", "augment", "crop_padding",
     "flip", "rotate", "crop_scale", "precision", "weights", "pretrained", "lr_mult", "whiten", "dirac", "bn_scale", "alternate_flips",
-    "momentum", "norm_lr_mult", "width", "logit_scale", "pad_mode", "dedupe",
+    "momentum", "norm_lr_mult", "muon_lr", "width", "logit_scale", "pad_mode", "dedupe",
 ]  # fmt: skip
 TRAIN_KEYS = [
     *SETUP_KEYS, "epochs", "lr", "schedule", "patience", "tta", "tta_shift", "ema", "lookahead", "compile", "freeze_epochs", "sync_bn",

@@ -12,7 +12,7 @@ from imgcls.models import MODELS, check_input, get_model_info, model_options
 from imgcls.models.recurrent import POOLS
 from imgcls.recipes import RECIPES, fine_tuning, recipe_settings
 
-OPTIMIZERS = ("sgd", "adam", "adamw")
+OPTIMIZERS = ("sgd", "adam", "adamw", "muon")  # muon: Muon for conv filters, sgd for the rest (imgcls.optim)
 SCHEDULES = ("cosine", "onecycle", "linear", "step", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PRETRAINED = ("auto", "on", "off")
@@ -24,8 +24,10 @@ MODEL_OPTIONS = (  # what the model builders take
 # For an optimizer other than the recipe's, whose tuned lr and decay would not fit it; the lr also for a model other
 # than the recipe's (its lr 0.2, tuned for speednet, left the tutorial cnn at 10-53% after 2 CIFAR-10 epochs over seeds,
 # against 47-48% at 0.05).
-DEFAULT_LR = {"sgd": 0.05, "adam": 4e-3, "adamw": 4e-3}
-DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.01}
+DEFAULT_LR = {"sgd": 0.05, "adam": 4e-3, "adamw": 4e-3, "muon": 0.05}
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.01, "muon": 5e-4}
+# muon steps all but the conv filters as sgd does: a recipe's sgd lr and decay suit it
+BASE_OPTIMIZER = {"muon": "sgd"}
 # The type and values of each numeric setting, and how to say so. NaN fails every comparison, so it is refused too.
 LIMITS = {
     "epochs": (int, lambda v: v >= 1, "positive"),
@@ -48,6 +50,7 @@ LIMITS = {
     "freeze_epochs": (int, lambda v: v >= 0, "zero or more"),
     "lr_mult": (float, lambda v: 1 <= v < math.inf, "1 or more and finite"),
     "norm_lr_mult": (float, lambda v: 0 < v < math.inf, "positive and finite"),
+    "muon_lr": (float, lambda v: 0 < v < math.inf, "positive and finite"),
     "width": (int, lambda v: v >= 1, "positive"),
     "logit_scale": (float, lambda v: 0 < v < math.inf, "positive and finite"),
     "ema": (float, lambda v: 0 <= v < 1, "in [0, 1) (0 = off; e.g. 0.99)"),
@@ -105,6 +108,7 @@ class TrainConfig:
     lr_mult: float | None = None  # starting from weights: the first layers learn at lr / lr_mult, the head at lr
     clip_grad: float | None = None  # largest gradient norm of a step (clip_grad_norm_); 0 = no clipping
     norm_lr_mult: float | None = None  # biases and norm weights learn at lr * this
+    muon_lr: float | None = None  # --optimizer muon: the conv filters' (peak) lr
     dedupe: bool = False  # folders: one copy of each duplicate group, none of a conflict (data.health.dedupe)
 
     def to_dict(self) -> dict:
@@ -177,7 +181,8 @@ def fill_defaults(cfg: TrainConfig, data: Dataset) -> TrainConfig:
     optimizer when the user picked another one than the recipe's, and the lr does for another model."""
     values = cfg.to_dict()
     recipe = recipe_settings(cfg.recipe, data, {k: v for k, v in values.items() if v is not None})
-    own_optimizer = cfg.optimizer is not None and cfg.optimizer != recipe["optimizer"]
+    base = lambda optimizer: BASE_OPTIMIZER.get(optimizer, optimizer)  # noqa: E731
+    own_optimizer = cfg.optimizer is not None and base(cfg.optimizer) != base(recipe["optimizer"])
     if own_optimizer:
         recipe.update(lr=DEFAULT_LR[cfg.optimizer], weight_decay=DEFAULT_WEIGHT_DECAY[cfg.optimizer])
     elif cfg.model is not None and cfg.model != recipe["model"] and not fine_tuning(values):

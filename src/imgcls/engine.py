@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from imgcls import checkpoint, distributed, finetune
+from imgcls import checkpoint, distributed, finetune, optim
 from imgcls.averaging import Lookahead, WeightAverage
 from imgcls.config import MODEL_OPTIONS, TrainConfig, check, fill_defaults
 from imgcls.data import dataset_name, load_dataset
@@ -79,6 +79,8 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module, num_classes: int) -> torc
     groups = finetune.param_groups(model, head, cfg.lr, cfg.lr_mult or 1.0, cfg.weight_decay, cfg.norm_lr_mult or 1.0)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    if cfg.optimizer == "muon":
+        return optim.Muon(optim.filter_groups(groups, cfg.lr, cfg.muon_lr), lr=cfg.lr, momentum=cfg.momentum)
     if cfg.optimizer == "adam":
         return torch.optim.Adam(groups, lr=cfg.lr)
     return torch.optim.AdamW(groups, lr=cfg.lr)
@@ -464,7 +466,7 @@ def _describe(cfg: TrainConfig, data: Dataset, trainer: Trainer) -> str:
         f"data {data.name}: {len(data.train):,} train / {len(data.val):,} val / {len(data.test):,} test, {shape}, {data.num_classes} classes\n"
         f"model {cfg.model}: {num_params(trainer.model):,} params on {trainer.device}"
         f"{' (AMP ' + str(trainer.amp).removeprefix('torch.') + ')' if trainer.amp else ''}{', compiled' if cfg.compile else ''}\n"
-        f"recipe {cfg.recipe}: {cfg.optimizer} lr {cfg.lr:g} wd {cfg.weight_decay:g}, {cfg.schedule} schedule, batch {cfg.batch_size}, "
+        f"recipe {cfg.recipe}: {cfg.optimizer} lr {cfg.lr:g}{f' (filters {cfg.muon_lr:g})' if cfg.optimizer == 'muon' else ''} wd {cfg.weight_decay:g}, {cfg.schedule} schedule, batch {cfg.batch_size}, "
         f"{cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, label smoothing {cfg.label_smoothing:g}{f', gradient norm clipped to {cfg.clip_grad:g}' if cfg.clip_grad else ''}, "
         f"augment: {cfg.augmentation().describe()}"
         f"{', flip TTA' if cfg.tta else ''}{f', shift TTA ±{cfg.tta_shift}' if cfg.tta_shift else ''}{f', EMA {cfg.ema:g}' if cfg.ema else ''}"
