@@ -24,10 +24,8 @@ MODEL_OPTIONS = (  # what the model builders take
 # For an optimizer other than the recipe's, whose tuned lr and decay would not fit it; the lr also for a model other
 # than the recipe's (its lr 0.2, tuned for speednet, left the tutorial cnn at 10-53% after 2 CIFAR-10 epochs over seeds,
 # against 47-48% at 0.05).
-DEFAULT_LR = {"sgd": 0.05, "adam": 4e-3, "adamw": 4e-3, "muon": 0.05}
-DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.01, "muon": 5e-4}
-# muon steps all but the conv filters as sgd does: a recipe's sgd lr and decay suit it
-BASE_OPTIMIZER = {"muon": "sgd"}
+DEFAULT_LR = {"sgd": 0.05, "adam": 4e-3, "adamw": 4e-3}
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.01}
 # The type and values of each numeric setting, and how to say so. NaN fails every comparison, so it is refused too.
 LIMITS = {
     "epochs": (int, lambda v: v >= 1, "positive"),
@@ -176,17 +174,22 @@ def check_limits(cfg, limits: dict) -> None:
             raise ImgclsError(f"{flag} must be {wanted}, got {value}")
 
 
+def base_optimizer(name: str) -> str:
+    """The optimizer whose lr and decay `name` takes: muon steps all but the conv filters as sgd does."""
+    return {"muon": "sgd"}.get(name, name)
+
+
 def fill_defaults(cfg: TrainConfig, data: Dataset) -> TrainConfig:
     """Every unset option from the recipe's settings for this data; lr and weight decay follow the
     optimizer when the user picked another one than the recipe's, and the lr does for another model."""
     values = cfg.to_dict()
     recipe = recipe_settings(cfg.recipe, data, {k: v for k, v in values.items() if v is not None})
-    base = lambda optimizer: BASE_OPTIMIZER.get(optimizer, optimizer)  # noqa: E731
-    own_optimizer = cfg.optimizer is not None and base(cfg.optimizer) != base(recipe["optimizer"])
+    own_optimizer = cfg.optimizer is not None and base_optimizer(cfg.optimizer) != base_optimizer(recipe["optimizer"])
     if own_optimizer:
-        recipe.update(lr=DEFAULT_LR[cfg.optimizer], weight_decay=DEFAULT_WEIGHT_DECAY[cfg.optimizer])
+        base = base_optimizer(cfg.optimizer)
+        recipe.update(lr=DEFAULT_LR[base], weight_decay=DEFAULT_WEIGHT_DECAY[base])
     elif cfg.model is not None and cfg.model != recipe["model"] and not fine_tuning(values):
-        recipe.update(lr=DEFAULT_LR[recipe["optimizer"]])  # fine-tuning's lr suits any pretrained model
+        recipe.update(lr=DEFAULT_LR[base_optimizer(recipe["optimizer"])])  # fine-tuning's lr suits any pretrained model
     for key, value in recipe.items():
         if values[key] is None:
             values[key] = value
