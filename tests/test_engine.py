@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import tiny_dataset
-from imgcls import checkpoint
+from imgcls import checkpoint, files
 from imgcls import device as device_module
 from imgcls import engine as engine_module
 from imgcls.config import TrainConfig, fill_defaults
@@ -69,7 +69,7 @@ def test_checkpoints_load_with_weights_only_and_carry_what_predict_needs(tmp_pat
 
 
 def test_atomic_writes_give_files_the_umask_mode_not_mkstemps_private_one(tmp_path):
-    checkpoint.atomic_write(tmp_path / "summary.json", lambda f: f.write(b"{}"))
+    files.atomic_write(tmp_path / "summary.json", lambda f: f.write(b"{}"))
     umask = os.umask(0)
     os.umask(umask)
     assert (tmp_path / "summary.json").stat().st_mode & 0o777 == 0o666 & ~umask
@@ -234,7 +234,7 @@ def test_a_full_disk_stops_with_one_message_keeps_the_last_good_state_and_resume
     monkeypatch.setattr(torch, "save", lambda obj, f: real_save(obj, FullDisk(f) if disk["full"] else f))
     trainer = trainer_for(tmp_path, data, model="mlp")
     trainer.on_step = lambda t: disk.update(full=t.progress.epoch == 1)  # the disk fills up during epoch 2
-    with pytest.raises(checkpoint.WriteFailed) as failed:
+    with pytest.raises(files.WriteFailed) as failed:
         trainer.fit()
     message = str(failed.value)
     assert f"in {tmp_path / 'run'} (No space left on device)" in message and "is kept" in message and "\n" not in message

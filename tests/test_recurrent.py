@@ -108,8 +108,8 @@ def test_the_recipes_give_recurrent_models_adam_clipping_and_no_shifts():
 @pytest.mark.parametrize(
     "args,fragment",
     [
-        (["--model", "lstm", "--hidden-size", "0"], "--hidden-size must be positive, got 0"),
-        (["--model", "gru", "--layers", "0"], "--layers must be positive, got 0"),
+        (["--model", "lstm", "--hidden-size", "0"], "--hidden-size must be between 1 and 65,536, got 0"),
+        (["--model", "gru", "--layers", "0"], "--layers must be between 1 and 100, got 0"),
         (["--model", "rnn", "--clip-grad", "-1"], "--clip-grad must be zero (off) or more and finite, got -1.0"),
         (["--model", "rnn", "--clip-grad", "nan"], "--clip-grad must be zero (off) or more and finite, got nan"),
         (["--model", "cnn", "--hidden-size", "64"], "--hidden-size applies to: rnn, lstm, gru; model 'cnn' has no hidden size option"),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import make_folder
-from imgcls import checkpoint
+from imgcls import checkpoint, files
 from imgcls.cli import main
 from imgcls.errors import ImgclsError
 from imgcls.runs import lock_run
@@ -41,7 +41,7 @@ def test_a_failed_write_names_the_folder_and_cause_and_keeps_the_old_file(tmp_pa
     ):
         checkpoint.atomic_save({"epoch": 2}, path)
     with pytest.raises(ImgclsError, match=r"cannot write summary.json .*\(No space left on device\); no summary.json was written"):
-        checkpoint.atomic_write(tmp_path / "run" / "summary.json", no_space)
+        files.atomic_write(tmp_path / "run" / "summary.json", no_space)
     assert torch.load(path, weights_only=True) == {"epoch": 1}
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temporary files left behind
 

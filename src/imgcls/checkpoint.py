@@ -1,66 +1,21 @@
 """Checkpoints: written atomically, read back with weights_only=True, checked against what they are loaded into."""
 
+import math
 import os
-import tempfile
-from collections.abc import Callable
+import warnings
 from pathlib import Path
-from typing import IO
 
 import torch
 import torch.nn as nn
 
+from imgcls.config import saved_model_options
 from imgcls.errors import ImgclsError
+from imgcls.files import atomic_write
 from imgcls.models import create_model
 
 FORMAT = "imgcls-checkpoint-v1"
 KEYS = ("model", "in_shape", "classes", "mean", "std", "config", "state_dict")  # what every reader of a checkpoint uses
 RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng")  # what last.pt adds to its "progress" for --resume
-
-
-def _file_mode() -> int:
-    """What open() would give a new file under the process umask (mkstemp's files are private, 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-FILE_MODE = _file_mode()
-
-
-class WriteFailed(ImgclsError):
-    """A file could not be written (a full disk, a size limit, no permission); the previous version is kept."""
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> None:
-    """write(file) into a temporary file in the same folder, then rename: a crash or a full disk never leaves half a file."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as e:
-        raise _write_failed(path, e) from None
-    try:
-        os.fchmod(fd, FILE_MODE)
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        # torch.save reports a failed write as a RuntimeError of its zip writer, with the OSError as its context.
-        if isinstance(e, (OSError, RuntimeError)):
-            raise _write_failed(path, e) from None
-        raise
-
-
-def _write_failed(path: Path, error: BaseException) -> WriteFailed:
-    cause = error
-    while cause is not None and not isinstance(cause, OSError):
-        cause = cause.__context__
-    reason = (cause.strerror or str(cause)) if cause is not None else str(error).splitlines()[0]
-    kept = f"the previous {path.name} is kept" if path.exists() else f"no {path.name} was written"
-    return WriteFailed(f"cannot write {path.name} in {path.parent} ({reason}); {kept}: free some space there or make it writable")
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
@@ -84,7 +39,9 @@ def resolve(path: str | os.PathLike, which: str = "best") -> Path:
 def read_file(path: Path, what: str):
     """What torch.save wrote to path, loaded with weights_only=True; a file it cannot read is one line: damaged or not `what`."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's warnings on a foreign file (its pickle protocol) would come before our one line
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt, truncated or foreign files all get the same advice
         raise ImgclsError(f"cannot read {path} ({type(e).__name__}): it is damaged or not {what}") from None
 
@@ -110,16 +67,40 @@ def load(path: str | os.PathLike, which: str = "best") -> dict:
 
 
 def load_model(ckpt: dict, device: torch.device | str = "cpu") -> nn.Module:
-    """The checkpoint's model with its weights, in eval mode on `device`."""
-    model = create_model(ckpt["model"], tuple(ckpt["in_shape"]), len(ckpt["classes"]), **ckpt.get("model_options", {}))
+    """The checkpoint's model with its weights, in eval mode on `device`; refused in one line when the checkpoint's
+    options cannot build it, or when its weights or normalisation cannot give a number (NaN, a std of 0)."""
+    fix = "the file was edited or written by another version; retrain or use the run's own best.pt"
+    options = saved_model_options(ckpt["model"], ckpt.get("model_options"), ckpt["path"])
+    check_values(ckpt)
+    try:
+        model = create_model(ckpt["model"], tuple(ckpt["in_shape"]), len(ckpt["classes"]), **options)
+    except (TypeError, ValueError, RuntimeError, OverflowError, MemoryError) as e:
+        reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        raise ImgclsError(f"{ckpt['path']} cannot build model '{ckpt['model']}' ({reason}): {fix}") from None
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
         raise ImgclsError(
-            f"{ckpt['path']} does not match model '{ckpt['model']}' with {len(ckpt['classes'])} classes ({str(e).splitlines()[0]}): "
-            "the file was edited or written by another version; retrain or use the run's own best.pt"
+            f"{ckpt['path']} does not match model '{ckpt['model']}' with {len(ckpt['classes'])} classes ({str(e).splitlines()[0]}): {fix}"
         ) from None
     return model.to(device).eval()
+
+
+def check_values(ckpt: dict) -> None:
+    """Weights and normalisation that give numbers: a diverged or edited checkpoint would answer NaN for every image."""
+    stats = [*ckpt["mean"], *ckpt["std"]]
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in stats) or not all(v > 0 for v in ckpt["std"]):
+        raise ImgclsError(
+            f"{ckpt['path']} has a normalisation that cannot work (mean {ckpt['mean']}, std {ckpt['std']}: each std must be a "
+            "positive number): the file was edited; use the run's own best.pt or retrain"
+        )
+    bad = [k for k, v in ckpt["state_dict"].items() if isinstance(v, torch.Tensor) and v.is_floating_point() and not v.isfinite().all()]
+    if bad:
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise ImgclsError(
+            f"{ckpt['path']} holds weights that are not numbers (NaN or infinity in {bad[0]}{more}): the run diverged or the file "
+            "was edited; retrain with a lower --lr, or use another checkpoint"
+        )
 
 
 def normalisation(ckpt: dict, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,6 +11,7 @@ from pathlib import Path
 from imgcls import __version__
 from imgcls.autoencode import commands as autoencode_commands
 from imgcls.errors import ImgclsError
+from imgcls.interrupt import describe, signal_of, stop_signals_raise
 
 
 def _add_setup(p) -> None:
@@ -549,7 +550,7 @@ def cmd_report(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from imgcls.evaluation import evaluate_checkpoint, format_confusion, format_per_class, write_confusion_csv
-    from imgcls.runs import write_json
+    from imgcls.files import write_json
 
     positive("--batch-size", args.batch_size, optional=True)
     out = writable("--out", args.out, folder=True)
@@ -783,16 +784,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    # File names need not be UTF-8 on Linux: printed as the bytes they are, as `ls` and `find` print them. Only the
+    # process's own stdout: a caller's replacement (a notebook's, a test's capture) is not ours to change.
+    if sys.stdout is sys.__stdout__ and hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(errors="surrogateescape")
     try:
-        return args.func(args)
+        with stop_signals_raise():
+            return args.func(args)
     except ImgclsError as e:
         from imgcls.distributed import errors
 
         print(f"imgcls: error: {e}", file=errors())
         return 2
-    except KeyboardInterrupt:
-        print("\nimgcls: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:  # Ctrl-C, SIGTERM or SIGHUP outside the phases that stop at a safe point
+        print(f"\nimgcls: {describe(e)}", file=sys.stderr)
+        return 128 + signal_of(e)
+    except (MemoryError, RuntimeError) as e:
+        if not _out_of_memory(e):
+            raise
+        print(f"imgcls: error: out of memory ({str(e).splitlines()[0][:200] or type(e).__name__}): use a smaller --image-size, "
+              "--batch-size or model", file=sys.stderr)  # fmt: skip
+        return 2
     except BrokenPipeError:  # output piped into `head` and the like
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
@@ -803,3 +815,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Python's MemoryError, torch's on a GPU (OutOfMemoryError), or its CPU allocator's RuntimeError."""
+    return isinstance(error, MemoryError) or type(error).__name__ == "OutOfMemoryError" or "can't allocate memory" in str(error)

@@ -3,9 +3,11 @@
 import math
 import numbers
 from dataclasses import asdict, dataclass, fields
+from types import SimpleNamespace
 
 from imgcls.data.augment import Augment
 from imgcls.data.core import Dataset
+from imgcls.data.images import MAX_PIXELS
 from imgcls.device import pick_device
 from imgcls.errors import ImgclsError
 from imgcls.models import MODELS, check_input, get_model_info, model_options
@@ -26,6 +28,10 @@ MODEL_OPTIONS = (  # what the model builders take
 # against 47-48% at 0.05).
 DEFAULT_LR = {"sgd": 0.05, "adam": 4e-3, "adamw": 4e-3}
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.01}
+# Sizes past these build models or batches no machine holds (a width of 10,000 is 10^10 weights in one conv): refused
+# before any allocation, whose failure would be a traceback. They are far above any useful value.
+MAX_SIDE = math.isqrt(MAX_PIXELS)  # 7,071 px: an image side whose square is over the decode limit is never decoded
+MAX_WIDTH, MAX_HIDDEN, MAX_LAYERS = 4096, 65536, 100
 # The type and values of each numeric setting, and how to say so. NaN fails every comparison, so it is refused too.
 LIMITS = {
     "epochs": (int, lambda v: v >= 1, "positive"),
@@ -37,10 +43,10 @@ LIMITS = {
     "patience": (int, lambda v: v >= 0, "zero or more"),
     "seed": (int, lambda v: -(2**63) <= v < 2**64, "a 64-bit integer"),  # what torch.manual_seed takes
     "val_fraction": (float, lambda v: 0 < v < 1, "between 0 and 1"),
-    "image_size": (int, lambda v: v >= 1, "positive"),
+    "image_size": (int, lambda v: 1 <= v <= MAX_SIDE, f"between 1 and {MAX_SIDE:,} (the {MAX_PIXELS // 10**6}-megapixel decode limit)"),
     "dropout": (float, lambda v: 0 <= v < 1, "in [0, 1)"),
-    "hidden_size": (int, lambda v: v >= 1, "positive"),
-    "layers": (int, lambda v: v >= 1, "positive"),
+    "hidden_size": (int, lambda v: 1 <= v <= MAX_HIDDEN, f"between 1 and {MAX_HIDDEN:,}"),
+    "layers": (int, lambda v: 1 <= v <= MAX_LAYERS, f"between 1 and {MAX_LAYERS:,}"),
     "clip_grad": (float, lambda v: 0 <= v < math.inf, "zero (off) or more and finite"),
     "crop_padding": (int, lambda v: v >= 0, "zero or more"),
     "rotate": (float, lambda v: 0 <= v <= 180, "between 0 and 180 degrees"),
@@ -49,7 +55,7 @@ LIMITS = {
     "lr_mult": (float, lambda v: 1 <= v < math.inf, "1 or more and finite"),
     "norm_lr_mult": (float, lambda v: 0 < v < math.inf, "positive and finite"),
     "muon_lr": (float, lambda v: 0 < v < math.inf, "positive and finite"),
-    "width": (int, lambda v: v >= 1, "positive"),
+    "width": (int, lambda v: 1 <= v <= MAX_WIDTH, f"between 1 and {MAX_WIDTH:,}"),
     "logit_scale": (float, lambda v: 0 < v < math.inf, "positive and finite"),
     "ema": (float, lambda v: 0 <= v < 1, "in [0, 1) (0 = off; e.g. 0.99)"),
     "tta_shift": (int, lambda v: 0 <= v <= 4, "between 0 and 4 pixels"),
@@ -172,6 +178,24 @@ def check_limits(cfg, limits: dict) -> None:
             raise ImgclsError(f"{flag} must be {'an integer' if kind is int else 'a number'}, got {value!r}")
         if not allowed(value):
             raise ImgclsError(f"{flag} must be {wanted}, got {value}")
+
+
+def saved_model_options(model: str, options, source: str) -> dict:
+    """A checkpoint's model_options, checked as a user's options are: one its model does not take, or a value out of
+    range, is one line naming the file, not an error about an option the user never passed."""
+    fix = "it was edited or written by another version; retrain, or use the run's own best.pt"
+    if options is None:
+        return {}
+    if not isinstance(options, dict):
+        raise ImgclsError(f"{source} holds model options that are not a dict: {fix}")
+    unknown = sorted(map(str, set(options) - model_options(model)))
+    if unknown:
+        raise ImgclsError(f"{source} holds model options that model '{model}' does not take ({', '.join(unknown)}): {fix}")
+    try:
+        check_limits(SimpleNamespace(**options), {k: v for k, v in LIMITS.items() if k in options})
+    except ImgclsError as e:
+        raise ImgclsError(f"{source} holds a model option out of range ({str(e).removeprefix('--')}): {fix}") from None
+    return options
 
 
 def base_optimizer(name: str) -> str:

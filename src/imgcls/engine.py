@@ -21,9 +21,9 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from imgcls import checkpoint, distributed, finetune, optim
+from imgcls import checkpoint, distributed, files, finetune, optim
 from imgcls.averaging import Lookahead, WeightAverage
-from imgcls.config import MODEL_OPTIONS, TrainConfig, check, fill_defaults
+from imgcls.config import MODEL_OPTIONS, TrainConfig, check, fill_defaults, saved_model_options
 from imgcls.data import dataset_name, load_dataset
 from imgcls.data.augment import prepare
 from imgcls.data.core import Dataset, Split
@@ -32,13 +32,14 @@ from imgcls.data.registry import is_folder_spec
 from imgcls.device import amp_dtype, autocast, pick_device, use_channels_last
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import EvalResult, metrics, predict_logits, write_confusion_csv
-from imgcls.interrupt import STOP_SIGNALS, CtrlC
+from imgcls.files import read_json, write_json, write_text
+from imgcls.interrupt import STOP_SIGNALS, CtrlC, during
 from imgcls.models import check_input, create_model, get_model_info, num_params
 from imgcls.models.fast import data_initialised, init_from_data
 from imgcls.models.pretrained import pretrained_normalised, pretrained_weights
 from imgcls.models.weights import Weights, read_state_dict, transfer
 from imgcls.recipes import backbone
-from imgcls.runs import lock_run, new_run_dir, read_json, read_split, write_json, write_metrics, write_text
+from imgcls.runs import lock_run, new_run_dir, read_split, write_metrics
 
 SYNC_EVERY = 10  # steps between reading statistics back from the device (and checking for NaN)
 LOG_EVERY = 60.0  # seconds between progress lines when there is no terminal for a progress bar
@@ -390,7 +391,9 @@ class Trainer:
         distributed.barrier(self.group)  # best.pt is rank 0's to write
         best = checkpoint.load(self.run_dir / "best.pt")
         self.evaluated.load_state_dict(best["state_dict"])
-        test = self._eval(self.data.test)
+        kept = f"best.pt and last.pt are kept, `imgcls train --resume {self.run_dir}` tests it again"
+        with during("testing the best checkpoint", kept):
+            test = self._eval(self.data.test)
         if self.group.main:
             write_confusion_csv(test.confusion, self.data.classes, self.run_dir / "confusion_matrix.csv")
         summary = {
@@ -501,7 +504,8 @@ def setup(cfg: TrainConfig) -> tuple[TrainConfig, Dataset, Weights | None]:
     data = load_run_data(cfg)
     model = cfg.model or (initial.model if initial else None)
     if initial and initial.model_options and model == initial.model:  # the run's own model: its shape too, unless set anew
-        cfg = replace(cfg, **{k: v for k, v in initial.model_options.items() if k in MODEL_OPTIONS and getattr(cfg, k) is None})
+        saved = saved_model_options(model, initial.model_options, f"--weights {initial.path}")
+        cfg = replace(cfg, **{k: v for k, v in saved.items() if k in MODEL_OPTIONS and getattr(cfg, k) is None})
     if model:
         check_input(model, data.shape)  # before any download
     pretrained, state = pretrained_weights(model or backbone(data), data.shape, cfg.pretrained, cfg.weights)
@@ -540,7 +544,7 @@ def findable(cfg: TrainConfig) -> TrainConfig:
 def _fit(trainer: Trainer) -> dict:
     try:
         return trainer.fit()
-    except checkpoint.WriteFailed as e:
+    except files.WriteFailed as e:
         raise ImgclsError(f"{e}, then resume with `imgcls train --resume {trainer.run_dir}`") from None
     except RuntimeError as e:
         # A rank that died (killed, out of memory) fails the others' next collective: gloo's "Connection closed by

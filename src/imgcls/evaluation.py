@@ -18,8 +18,10 @@ from imgcls.data.core import Split
 from imgcls.data.registry import is_folder_spec
 from imgcls.device import amp_dtype, autocast, pick_device, use_channels_last
 from imgcls.errors import ImgclsError
+from imgcls.files import write_text
+from imgcls.interrupt import during
 from imgcls.models import get_model_info
-from imgcls.runs import read_split, write_text
+from imgcls.runs import read_split
 
 EVAL_VALUES = 1 << 23  # input values per evaluation batch (32 MB of floats)
 
@@ -148,7 +150,8 @@ def evaluate_checkpoint(
         amp=amp_dtype(where, cfg.get("precision", "auto")),
         channels_last=channels_last,
     )
-    return ckpt, data, evaluate(model, getattr(data, split), mean, std, data.num_classes, batch_size=batch_size, **settings)
+    with during(f"evaluating on the {split} split", "nothing was written"):
+        return ckpt, data, evaluate(model, getattr(data, split), mean, std, data.num_classes, batch_size=batch_size, **settings)
 
 
 def format_per_class(per_class: dict[str, float | None], confusion: torch.Tensor) -> str:

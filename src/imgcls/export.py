@@ -11,12 +11,13 @@ from pathlib import Path
 
 import torch
 
-from imgcls import checkpoint
+from imgcls import checkpoint, files
 from imgcls.checkpoint import load_model, normalisation
 from imgcls.data import DATASETS
 from imgcls.data.augment import prepare
 from imgcls.errors import ImgclsError, missing_extra
 from imgcls.evaluation import checkpoint_data
+from imgcls.interrupt import during
 
 FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}  # file suffix of each format
 METADATA_FORMAT = "imgcls-export-v1"
@@ -155,11 +156,12 @@ def export(
     pixels, inputs = parity_images(ckpt, images)
     mean, std = normalisation(ckpt)
     x = prepare(pixels, mean, std)
-    # Traced on a batch of 2 so that nothing specialises on a batch of 1; checked on 1 and on all of them.
-    blob = _serialise(model, fmt, x[:2] if len(x) > 1 else x)
-    run = _runner(blob, fmt)
-    with torch.inference_mode():
-        diff = max((run(batch) - model(batch)).abs().max().item() for batch in (x[:1], x))
+    with during(f"exporting to {fmt}", "nothing was written"):
+        # Traced on a batch of 2 so that nothing specialises on a batch of 1; checked on 1 and on all of them.
+        blob = _serialise(model, fmt, x[:2] if len(x) > 1 else x)
+        run = _runner(blob, fmt)
+        with torch.inference_mode():
+            diff = max((run(batch) - model(batch)).abs().max().item() for batch in (x[:1], x))
     if not diff <= tolerance:  # also catches NaN
         raise ImgclsError(
             f"parity check failed: max abs difference on logits {diff:.3g} > tolerance {tolerance:g} ({inputs}); nothing was written"
@@ -178,6 +180,6 @@ def export(
         "opset": OPSET if fmt == "onnx" else None,
         "parity": {"max_abs_diff": diff, "tolerance": tolerance, "inputs": inputs, "batch_sizes": sorted({1, len(x)})},
     }  # fmt: skip
-    checkpoint.atomic_write(path, lambda f: f.write(blob))
-    checkpoint.atomic_write(metadata_path(path), lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
+    files.atomic_write(path, lambda f: f.write(blob))
+    files.atomic_write(metadata_path(path), lambda f: f.write((json.dumps(meta, indent=2) + "\n").encode()))
     return Exported(path, metadata_path(path), diff, inputs)

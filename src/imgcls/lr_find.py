@@ -19,8 +19,9 @@ from imgcls.data import dataset_name
 from imgcls.data.core import Dataset
 from imgcls.engine import Trainer, setup
 from imgcls.errors import ImgclsError
+from imgcls.files import write_json
 from imgcls.models.weights import Weights, transfer
-from imgcls.runs import lock_run, new_run_dir, write_json, write_rows
+from imgcls.runs import lock_run, new_run_dir, write_rows
 
 BETA = 0.98  # smoothing of the loss, as fastai's Recorder
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this many times its best, as fastai

@@ -3,17 +3,11 @@
 import contextlib
 import csv
 import io
-import json
 import os
 from pathlib import Path
 
-try:
-    import fcntl
-except ImportError:  # Windows: runs go unlocked
-    fcntl = None
-
-from imgcls.checkpoint import atomic_write
 from imgcls.errors import ImgclsError
+from imgcls.files import locked_file, printable, read_json, remove_stale_temporaries, write_text
 
 METRIC_COLUMNS = ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"]
 
@@ -41,39 +35,27 @@ def new_run_dir(dataset: str, model: str, out: str | None, root: str = "runs") -
 @contextlib.contextmanager
 def lock_run(run_dir: Path):
     """Hold RUN/.lock while training into a run, so that a second process (two --resume, or two runs with one
-    --out) gets an error instead of writing the same files. flock locks end with the process, so none go stale."""
-    if fcntl is None:
-        yield
-        return
-    try:
-        f = open(Path(run_dir) / ".lock", "a+")  # noqa: SIM115 - closed by the with below
-    except OSError as e:
-        raise ImgclsError(f"cannot write in {run_dir} ({e.strerror}): free some space there or make it writable") from None
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    --out) gets an error instead of writing the same files. The lock ends with its process (files.locked_file), so
+    none goes stale; what a killed process left half-written in the folder is removed once the lock is held."""
+
+    def refuse(f) -> None:
+        holder = str(os.getpid())  # another thread of this process
+        if f is not None:
             f.seek(0)
             holder = f.read().strip() or "unknown"
-            message = f"{run_dir} is in use by another imgcls process (pid {holder}): wait for it to end or choose another --out"
-            raise ImgclsError(message) from None
+        message = f"{printable(run_dir)} is in use by another imgcls process (pid {holder}): wait for it to end or choose another --out"
+        raise ImgclsError(message)
+
+    with contextlib.ExitStack() as stack:
+        try:
+            f = stack.enter_context(locked_file(Path(run_dir) / ".lock", block=False, on_wait=refuse))
+        except OSError as e:
+            raise ImgclsError(f"cannot write in {printable(run_dir)} ({e.strerror}): free some space there or make it writable") from None
         f.truncate(0)
         f.write(str(os.getpid()))
         f.flush()
+        remove_stale_temporaries(Path(run_dir))
         yield
-
-
-def write_text(path: Path, text: str) -> None:
-    """Atomic text write, so a reader never sees half a file."""
-    atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def write_json(path: Path, data) -> None:
-    write_text(path, json.dumps(data, indent=2) + "\n")
-
-
-def read_json(path: Path):
-    return json.loads(Path(path).read_text())
 
 
 def read_split(run_dir: Path) -> dict[str, list[str]] | None:

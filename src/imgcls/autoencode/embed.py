@@ -8,12 +8,12 @@ import numpy as np
 import torch
 
 from imgcls.autoencode.train import encode, load_checkpoint, load_model
-from imgcls.checkpoint import atomic_write, normalisation
+from imgcls.checkpoint import normalisation
 from imgcls.data.images import ImageReadError, read_image
 from imgcls.device import pick_device
 from imgcls.errors import ImgclsError
+from imgcls.files import atomic_write, write_text
 from imgcls.inference import collect_files
-from imgcls.runs import write_text
 
 
 def embed(

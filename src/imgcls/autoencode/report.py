@@ -1,7 +1,6 @@
 """An autoencoder run's report: loss curves, reconstructions beside originals, a PCA map of the test codes, a VAE's
 samples from its prior, interpolations between test images, the most anomalous test images, and report.html."""
 
-from html import escape
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +11,10 @@ from matplotlib.ticker import MaxNLocator
 from imgcls.autoencode.models import AutoEncoder
 from imgcls.autoencode.train import Encoded, decode, reconstruct
 from imgcls.data.core import Dataset
+from imgcls.files import printable, write_text
 from imgcls.report import plots
-from imgcls.report.html import config_table, image_tag, page, table
+from imgcls.report.html import config_table, escape, image_tag, page, table
 from imgcls.report.interpret import sample_indices
-from imgcls.runs import write_text
 
 SHOWN = 16  # test images in the reconstructions and anomalies figures
 MAP_POINTS = 5000  # test codes in the latent map (all of them go into the PCA)
@@ -80,7 +79,9 @@ def latent_map_figure(codes: torch.Tensor, labels: torch.Tensor, classes: list[s
     for i, name in enumerate(classes):
         mine = labels == i
         if mine.any():
-            ax.scatter(points[mine, 0], points[mine, 1], s=4, alpha=0.6, color=cmap(i / max(k - 1, 1) if k > 20 else i), label=name)
+            ax.scatter(
+                points[mine, 0], points[mine, 1], s=4, alpha=0.6, color=cmap(i / max(k - 1, 1) if k > 20 else i), label=printable(name)
+            )
     ax.set(
         title=f"PCA of the test set's {len(codes):,} codes ({len(points):,} shown), coloured by class",
         xlabel=f"principal component 1 ({share[0]:.0%} of the variance)",

@@ -24,10 +24,11 @@ from imgcls.data.registry import is_folder_spec
 from imgcls.device import amp_dtype, autocast, pick_device, use_channels_last
 from imgcls.engine import DEVICE_DATA_LIMIT, Interrupted, batches_per_epoch, load_run_data
 from imgcls.errors import ImgclsError
+from imgcls.files import read_json, write_json
 from imgcls.interrupt import STOP_SIGNALS, CtrlC
 from imgcls.models import num_params
 from imgcls.recipes import epochs_for
-from imgcls.runs import lock_run, new_run_dir, read_json, read_split, write_json, write_rows
+from imgcls.runs import lock_run, new_run_dir, read_split, write_rows
 
 FORMAT = "imgcls-autoencoder-v1"
 CLASSIFIER = "aenet"  # the classifier that `imgcls train --weights RUN` builds from a run's checkpoint: its encoder + a head

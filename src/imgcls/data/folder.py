@@ -1,5 +1,7 @@
 """Image folders: class subfolders, optional train/val/test splits, decoded once and cached on disk."""
 
+import contextlib
+import ctypes
 import multiprocessing
 import os
 import signal
@@ -7,6 +9,7 @@ import sys
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple, TypeVar
@@ -15,12 +18,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from imgcls.checkpoint import WriteFailed
 from imgcls.data import mapped
 from imgcls.data.core import Dataset, Split, channel_stats, stratified_split
 from imgcls.data.images import ImageReadError, is_grey, peek, read_image
 from imgcls.errors import ImgclsError
-from imgcls.interrupt import CtrlC
+from imgcls.files import WriteFailed, printable
+from imgcls.interrupt import STOP_SIGNALS, CtrlC, during, stopped
 
 SPLITS = ("train", "val", "test")
 FLAT_FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
@@ -29,6 +32,7 @@ DEFAULT_SIZE = 128  # square side for folders of mixed or large image sizes (on 
 MAX_NATIVE_SIZE = 256  # folders of one size up to this are kept at their own size
 CHUNK = 256  # files per pool task
 CHUNK_BYTES = 16 << 20  # and at most this many decoded bytes per task: they wait in memory until written to the cache
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
 
 T = TypeVar("T")
 
@@ -71,7 +75,7 @@ def _files(root: Path, folder: Path) -> list[tuple[str, int, int]]:
                         continue
                     seen.add(_identity(e.path))
                     pending.append((e.path, f"{prefix}/{e.name}"))
-                elif e.is_file():
+                else:  # special files too (FIFOs, sockets, devices): the header pass skips and lists them
                     st = e.stat()
                     found.append((f"{prefix}/{e.name}", st.st_size, st.st_mtime_ns))
             except OSError as err:  # a link loop onto itself, a file removed while scanning
@@ -140,19 +144,30 @@ def _pool(workers: int):
     """Worker processes where fork makes them cheap (Linux: the decoders are Python-bound, so threads
     contend for the GIL and ran slower than one thread); threads elsewhere."""
     if sys.platform == "linux":
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_ignore_ctrl_c)
+        context = multiprocessing.get_context("fork")
+        return ProcessPoolExecutor(workers, mp_context=context, initializer=_worker_start, initargs=(os.getpid(),))
     return ThreadPoolExecutor(workers)
 
 
-def _ignore_ctrl_c() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and cancels the rest
+def _worker_start(parent: int) -> None:
+    """A decode worker leaves Ctrl-C, SIGTERM and SIGHUP to its parent, which stops the pool at once, and dies with
+    its parent however that ends (even kill -9): a worker that outlived it would go on decoding, holding its
+    caller's stderr open."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    with contextlib.suppress(OSError, AttributeError):  # prctl is Linux's
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _map_chunks(fn, chunks: list[list[str]], desc: str) -> Iterator:
     """fn over chunks of files in order, in parallel when there is more than one chunk, with a progress bar.
 
     Chunks, not single files: handing out one task per file costs as much as decoding a 32x32 JPEG. At most two
-    chunks per worker are in flight, so results wait in memory only until the caller has taken them (to disk)."""
+    chunks per worker are in flight, so results wait in memory only until the caller has taken them (to disk).
+    A stop signal (Ctrl-C, SIGTERM, SIGHUP) is taken once the chunk in hand is done, and the pool is shut down before
+    it is raised, so no worker outlives the pass."""
     workers = min(8, os.cpu_count() or 1, len(chunks))
     with tqdm(
         total=sum(map(len, chunks)), desc=desc, unit="img", file=sys.stderr, disable=None if len(chunks) > 8 else True, leave=False
@@ -164,18 +179,27 @@ def _map_chunks(fn, chunks: list[list[str]], desc: str) -> Iterator:
             return
         pool = _pool(workers)
         try:
-            with CtrlC() as ctrl_c:
+            with CtrlC(signals=STOP_SIGNALS) as ctrl_c:
                 pending = deque(pool.submit(fn, chunk) for chunk in chunks[: 2 * workers])
                 for i, chunk in enumerate(chunks):
-                    result = pending.popleft().result()
+                    try:
+                        result = pending.popleft().result()
+                    except BrokenProcessPool:
+                        if ctrl_c.pressed:
+                            break
+                        raise ImgclsError(
+                            f"a worker process died while {desc} images (killed, or out of memory): run the command again"
+                        ) from None
                     if ctrl_c.pressed:
-                        raise KeyboardInterrupt
+                        break
                     if i + 2 * workers < len(chunks):
                         pending.append(pool.submit(fn, chunks[i + 2 * workers]))
                     bar.update(len(chunk))
                     yield result
         finally:
             pool.shutdown(cancel_futures=True)
+        if ctrl_c.pressed:
+            raise stopped(ctrl_c.signum)
 
 
 def each_file(read: Callable[[Path], T], root: Path, rels: list[str], desc: str) -> list[T | str]:
@@ -273,16 +297,17 @@ def _found(root: Path, stored: mapped.Stored) -> mapped.Stored:
 
 def decode_cached(root: Path, rels: list[str], key: str, channels: int | None, image_size: int | None, default_size: int) -> mapped.Stored:
     """The folder's decoded images from the cache, mapped; decoded into it first when it has none."""
-    stored = mapped.load(key)
+    stored = mapped.load(key, str(root))
     if stored is not None:
         return stored
-    p = plan(root, rels, channels, image_size, default_size)
-    meta = {"skipped": p.skipped, "resized_to": p.resized_to}  # skipped grows while decoding
-    try:
-        return _found(root, mapped.save(key, decoded_rows(root, p), (p.channels, *p.size), len(p.names), meta))
-    except WriteFailed as e:  # a cache is an optimisation: without it the next run decodes again
-        print(f"could not cache the decoded images, going on without: {e} (or set IMGCLS_CACHE to another folder)", file=sys.stderr)
-        return decode(root, rels, channels, image_size, default_size)
+    with during(f"decoding {printable(root)}", "nothing was cached, the next run decodes it again"):
+        p = plan(root, rels, channels, image_size, default_size)
+        meta = {"skipped": p.skipped, "resized_to": p.resized_to}  # skipped grows while decoding
+        try:
+            return _found(root, mapped.save(key, decoded_rows(root, p), (p.channels, *p.size), len(p.names), meta))
+        except WriteFailed as e:  # a cache is an optimisation: without it the next run decodes again
+            print(f"could not cache the decoded images, going on without: {e} (or set IMGCLS_CACHE to another folder)", file=sys.stderr)
+            return decode(root, rels, channels, image_size, default_size)
 
 
 def _assign(labels: torch.Tensor, splits: list[str | None], seed: int, val_fraction: float) -> dict[str, torch.Tensor]:

@@ -33,11 +33,12 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from imgcls.data.core import Dataset
 from imgcls.data.folder import each_file, scan
-from imgcls.data.images import check_size, decoding, is_grey
+from imgcls.data.images import check_size, decoding, is_grey, open_image
+from imgcls.files import printable
+from imgcls.interrupt import during
 
 SPLITS = ("train", "val", "test")
 HASH_SIDE = 32  # the grey copy the DCT hash and the check are computed on
@@ -514,7 +515,7 @@ class Header(NamedTuple):
 
 def read_header(path: str | Path) -> Header:
     """What the file's header says, decoding no pixel; any failure is an ImageReadError."""
-    with decoding(), Image.open(path) as image:
+    with decoding(), open_image(path) as image:
         check_size(image)
         orientation = image.getexif().get(0x0112, 1)
         return Header(
@@ -688,6 +689,7 @@ def check_dataset(spec: str, data_dir: str | None = None) -> tuple[Dataset, Heal
     start = time.perf_counter()
     data = load_dataset(spec, data_dir=data_dir)
     loaded = time.perf_counter() - start
-    health = check(data, Path(spec).expanduser() if is_folder_spec(spec) else None)
+    with during(f"checking {printable(spec)}", "no findings were written"):
+        health = check(data, Path(spec).expanduser() if is_folder_spec(spec) else None)
     health.seconds = {"load": loaded, **health.seconds}
     return data, health

@@ -4,7 +4,10 @@ Training folders, `predict` and `serve` share this, so a file is preprocessed th
 that cannot be decoded is that one file's ImageReadError in all three.
 """
 
+import ctypes
 import logging
+import os
+import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +25,36 @@ BAND_PIXELS = 1 << 20  # deep pixels are scaled to 8-bit this many at a time, so
 # Pillow logs some hostile files' faults ("More samples per pixel than can be decoded") before raising; the exception
 # is reported with the file's name, and without a handler Python would print the bare log line on stderr too.
 logging.getLogger("PIL").addHandler(logging.NullHandler())
+LOG = logging.getLogger(__name__)
+
+
+def _libtiff_to_logging():
+    """libtiff prints its warnings and errors ("ZIPDecode: ZLib error") straight to stderr, from C, with no file name;
+    the failure they explain is already the file's ImageReadError. Its handlers are set to log them at debug level
+    instead. The message is formatted by the C library's vsnprintf: a va_list goes through ctypes as a pointer on the
+    ABIs Pillow ships for (x86-64, arm64, Windows). Without libtiff, or its symbols, nothing changes."""
+    try:
+        from PIL import _imaging
+
+        imaging, libc = ctypes.CDLL(_imaging.__file__), ctypes.CDLL(None)
+        libc.vsnprintf.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p]
+        setters = imaging.TIFFSetWarningHandler, imaging.TIFFSetErrorHandler  # found in _imaging's dependencies
+    except (ImportError, OSError, AttributeError):
+        return None
+
+    @ctypes.CFUNCTYPE(None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_void_p)
+    def handler(module, fmt, args):
+        text = ctypes.create_string_buffer(1024)
+        libc.vsnprintf(text, len(text), fmt, args)
+        LOG.debug("libtiff: %s: %s", (module or b"").decode(errors="replace"), text.value.decode(errors="replace"))
+
+    for setter in setters:
+        setter.restype = ctypes.c_void_p
+        setter(handler)
+    return handler  # kept alive: libtiff calls it for the life of the process
+
+
+_LIBTIFF_HANDLER = _libtiff_to_logging()
 
 
 class ImageReadError(ValueError):
@@ -114,15 +147,51 @@ def load_image(image: Image.Image, channels: int, size: tuple[int, int] | None) 
         return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
+SPECIAL_FILES = {
+    stat.S_IFIFO: "a named pipe (FIFO)", stat.S_IFSOCK: "a socket", stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device",
+}  # fmt: skip
+
+
+def _regular_file(path: str | os.PathLike) -> IO[bytes]:
+    """The file opened for reading, refused unless it is a regular file (or a link to one): opening a named pipe
+    waits for a writer forever, and a device can be endless. Opened non-blocking, then checked on the open file, so
+    nothing can swap the file in between."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        kind = SPECIAL_FILES.get(stat.S_IFMT(os.stat(path).st_mode)) if os.path.exists(path) else None
+        if kind:  # a socket cannot be opened at all
+            raise ImageReadError(f"not a regular file: {kind}") from None
+        raise
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ImageReadError(f"not a regular file: {SPECIAL_FILES.get(stat.S_IFMT(mode), 'a special file')}")
+    return os.fdopen(fd, "rb")
+
+
+@contextmanager
+def open_image(source: str | os.PathLike | IO[bytes], formats: list[str] | None = None) -> Iterator[Image.Image]:
+    """Image.open of a path, which must name a regular file (_regular_file), or of a binary file object. Failures
+    are left to `decoding` to turn into the file's ImageReadError."""
+    if isinstance(source, (str, os.PathLike)):
+        with _regular_file(source) as f, Image.open(f, formats=formats) as image:
+            yield image
+    else:
+        with Image.open(source, formats=formats) as image:
+            yield image
+
+
 def read_image(path: str | Path | IO[bytes], channels: int, size: tuple[int, int] | None) -> np.ndarray:
     """A file (or binary file object) to uint8 C x H x W, as load_image; any failure is an ImageReadError."""
-    with decoding(), Image.open(path) as image:
+    with decoding(), open_image(path) as image:
         return load_image(image, channels, size)
 
 
 def peek(path: str | Path | IO[bytes]) -> tuple[str, tuple[int, int]]:
     """Mode and (H, W) from the file header, without decoding the pixels; refused over MAX_PIXELS, any failure an ImageReadError."""
-    with decoding(), Image.open(path) as image:
+    with decoding(), open_image(path) as image:
         check_size(image)
         width, height = image.size
         if image.getexif().get(0x0112, 1) in (5, 6, 7, 8):  # EXIF rotations that swap width and height

@@ -8,10 +8,10 @@ from typing import NamedTuple
 
 import torch
 
-from imgcls.checkpoint import WriteFailed
 from imgcls.data import mapped
 from imgcls.data.core import Dataset, Split, hold_out_index
 from imgcls.errors import ImgclsError
+from imgcls.files import WriteFailed
 from imgcls.paths import data_dir as resolve_data_dir
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
@@ -99,7 +99,7 @@ def _stored(info: DatasetInfo, root: Path) -> mapped.Stored:
     """The dataset's train and test images (rows 0..n-1 and n..) from the cache, loaded (downloaded) into it first when
     it has none."""
     key = _named_key(info, root)
-    stored = mapped.load(key) if key else None
+    stored = mapped.load(key, info.name) if key else None
     if stored is not None:
         return stored
     src = info.load(root)

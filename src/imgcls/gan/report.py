@@ -1,18 +1,16 @@
 """What a GAN run shows: image grids, the loss curves, report.html, and how recognisable its images are to a
 classifier trained by imgcls on real images (the judge)."""
 
-from html import escape
 from pathlib import Path
 
 import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
-from imgcls.checkpoint import atomic_write
 from imgcls.errors import ImgclsError
+from imgcls.files import atomic_write, read_json, write_text
 from imgcls.gan.sample import class_labels, generate, noise
 from imgcls.inference import Predictor
-from imgcls.runs import read_json, write_text
 
 PER_CLASS = 10  # images per class in classes.png
 SMOOTH = 25  # steps in the moving average of the loss curves
@@ -142,7 +140,7 @@ def write_report(run_dir: Path, trainer, summary: dict) -> Path:
     last = f"samples/epoch_{summary['epochs']:03d}.png"
     figures = [("images", "classes.png", "Generated images of each class (EMA generator, new noise)"), ("losses", "losses.png", "Losses per step"),
                ("epoch", last, f"Fixed noise after epoch {summary['epochs']}")]  # fmt: skip
-    body = "\n".join(f"<h2>{escape(heading)}</h2>\n<p>{_picture(run_dir, name, heading)}</p>" for _, name, heading in figures)
+    body = "\n".join(f"<h2>{html.escape(heading)}</h2>\n<p>{_picture(run_dir, name, heading)}</p>" for _, name, heading in figures)
     facts = [["dataset", summary["dataset"]], ["image shape", "x".join(map(str, summary["shape"]))], ["steps", summary["steps"]],
              ["training time", f"{summary['train_seconds']:.1f} s"], ["device", f"{summary['device']} ({summary['precision']})"],
              ["parameters", f"G {summary['generator_params']:,}, D {summary['discriminator_params']:,}"]]  # fmt: skip
@@ -150,7 +148,7 @@ def write_report(run_dir: Path, trainer, summary: dict) -> Path:
     if verdict:
         rows = [[c, f"{v['accuracy']:.1%}", f"{v['confidence']:.1%}", v["images"]] for c, v in verdict["per_class"].items()]
         rows.append(["all", f"{verdict['accuracy']:.1%}", f"{verdict['confidence']:.1%}", verdict["images"]])
-        body += f"\n<h2>Recognisability: {escape(verdict['judge'])}</h2>\n" + html.table(
+        body += f"\n<h2>Recognisability: {html.escape(verdict['judge'])}</h2>\n" + html.table(
             ["class", "accuracy", "confidence", "images"], rows, numeric={1, 2, 3}
         )
     config = read_json(run_dir / "config.json")

@@ -26,14 +26,16 @@ from imgcls.data.core import Dataset
 from imgcls.device import amp_dtype, autocast, pick_device
 from imgcls.engine import Interrupted, batches_per_epoch
 from imgcls.errors import ImgclsError
-from imgcls.gan.models import Discriminator, Generator
+from imgcls.files import write_json
+from imgcls.gan.models import MAX_SIDE, Discriminator, Generator
 from imgcls.gan.sample import FORMAT, class_labels, generate
 from imgcls.interrupt import STOP_SIGNALS, CtrlC
 from imgcls.models import num_params
-from imgcls.runs import lock_run, new_run_dir, write_json, write_rows
+from imgcls.runs import lock_run, new_run_dir, write_rows
 
 LOSS_COLUMNS = ["step", "epoch", "d_loss", "g_loss", "d_real", "d_fake", "d_class", "g_class"]
 GRID_PER_CLASS = 8  # fixed-noise images per class in each epoch's grid (64 in all without classes)
+MAX_WIDTH, MAX_Z = 512, 4096  # wider doubles to 16,384 channels at 128 px: a generator no machine holds, refused up front
 FOLDER_SIZE = 64  # the side folders of mixed or large images are resized to: 128 px would cost 4x the time on a CPU
 
 
@@ -69,6 +71,10 @@ class GanConfig:
             raise ImgclsError(f"--lr must be a positive number, got {self.lr}")
         if not 0 <= self.ema < 1:
             raise ImgclsError(f"--ema must be in [0, 1), got {self.ema}")
+        if self.image_size is not None and not (self.image_size % 4 == 0 and 12 <= self.image_size <= MAX_SIDE):
+            raise ImgclsError(f"--image-size must be a multiple of 4 from 12 to {MAX_SIDE} px for a GAN, got {self.image_size}")
+        if self.width > MAX_WIDTH or self.z_dim > MAX_Z:
+            raise ImgclsError(f"--width must be at most {MAX_WIDTH} and --z-dim at most {MAX_Z}, got {self.width} and {self.z_dim}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ImgclsError(f"--precision must be auto, fp32 or bf16 for a GAN, got {self.precision}")
 

@@ -97,7 +97,7 @@ def _stem_stride(side: int) -> int:
 
 
 @register_model(
-    "speednet", "fast BN-CNN: stem > 3 conv groups (W/4W/4W, W=32) > max-pool > linear; the fast recipe's net for colour images", min_size=8
+    "speednet", "fast BN-CNN: stem > 3 conv groups (W/4W/4W, W=32) > max-pool > linear; the fast recipe's net for colour images", min_size=9
 )
 def speednet(
     in_shape, num_classes, width: int = 32, whiten: bool = False, dirac: bool = False, bn_scale: bool = True, logit_scale: float = 1.0

@@ -2,6 +2,7 @@
 (torch.save or safetensors, with torchvision, timm or any other key names). Every tensor whose name and shape
 fit the model is loaded; the rest of the model (a head for other classes, say) keeps its fresh initialisation."""
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,9 @@ def read_state_dict(path: str | Path) -> Weights:
         except Exception as e:  # noqa: BLE001 - a damaged file, whatever the reader raises
             raise ImgclsError(f"cannot read --weights {path} ({type(e).__name__}): it is damaged or not a safetensors file") from None
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's warnings on a foreign file (its pickle protocol) would come before our one line
+            warnings.simplefilter("ignore")
+            saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - corrupt, truncated, foreign or pickled-object files all get the same advice
         raise ImgclsError(
             f"cannot read --weights {path} ({type(e).__name__}): it is damaged, or not tensors saved with torch.save "

@@ -5,12 +5,10 @@ model can tell: the test accuracy without the test images that have a copy in tr
 """
 
 from dataclasses import dataclass
-from html import escape
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from imgcls.data.core import Dataset
 from imgcls.data.health import (
@@ -30,8 +28,8 @@ from imgcls.data.health import (
     label_issues,
     with_copy_in,
 )
-from imgcls.data.images import ImageReadError, check_size, decoding, load_image
-from imgcls.runs import write_json
+from imgcls.data.images import ImageReadError, check_size, decoding, load_image, open_image
+from imgcls.files import write_json
 
 GROUPS_SHOWN = 12  # duplicate groups in a grid, one per row
 COPIES_SHOWN = 6  # copies of a group in its row
@@ -289,7 +287,7 @@ def _groups_figure(health: Health, groups: list[Group], heading: str):
 def _thumbnail(path: Path) -> torch.Tensor | None:
     """A file as imgcls decodes it (upright, RGB), its longer side THUMB pixels at most."""
     try:
-        with decoding(), Image.open(path) as image:
+        with decoding(), open_image(path) as image:
             check_size(image)
             image.draft("RGB", (THUMB, THUMB))
             pixels = torch.from_numpy(load_image(image, 3, None).copy())
@@ -374,7 +372,7 @@ def write_findings(health: Health, out: Path, run: RunFindings | None = None, ro
 
 def html_section(health: Health, out: Path, written: dict[str, str], run: RunFindings | None) -> str:
     """The "Dataset health" part of report.html: the figures, a table of findings and the pictures."""
-    from imgcls.report.html import image_tag, table
+    from imgcls.report.html import escape, image_tag, table
 
     h, items = health, health.items
     figures = []

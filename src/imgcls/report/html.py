@@ -1,10 +1,12 @@
 """report.html: one self-contained page (plots embedded as data URIs, no network) with a run's config, results and plots."""
 
 import base64
-from html import escape
+import html
 from pathlib import Path
 
 import torch
+
+from imgcls.files import printable
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1em; color: #222; }
@@ -15,6 +17,11 @@ td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; }
 .figure b { display: block; font-size: 1.5em; } img { max-width: 100%; height: auto; border: 1px solid #eee; }
 .columns { display: flex; flex-wrap: wrap; gap: 3em; align-items: flex-start; }
 """
+
+
+def escape(text) -> str:
+    """Text for HTML, with the bytes of a file or class name that are not UTF-8 shown escaped (files.printable)."""
+    return html.escape(printable(str(text)))
 
 
 def table(header: list[str], rows: list[list], numeric: set[int] = frozenset()) -> str:

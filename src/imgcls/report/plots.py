@@ -12,7 +12,7 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from imgcls.checkpoint import atomic_write
+from imgcls.files import atomic_write, printable
 
 DPI = 100
 WRONG = "#c62828"  # red for wrong predictions
@@ -27,7 +27,9 @@ def save(fig: Figure, path: str | Path) -> None:
 
 
 def short(name: str, width: int) -> str:
-    """A class name cut to `width` characters, so long names cannot run into their neighbours."""
+    """A class name cut to `width` characters, so long names cannot run into their neighbours; bytes that are not
+    UTF-8 (a folder name from another system) escaped, as Agg cannot draw them."""
+    name = printable(name)
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
@@ -172,6 +174,7 @@ def image_grid_figure(
     n = len(images)
     cols = max(1, min(columns, n))
     rows = -(-n // cols)
+    titles, suptitle = [printable(t) for t in titles], printable(suptitle)  # file names, as in short()
     lines = max((t.count("\n") + 1 for t in titles), default=1)
     head, label, gap = 0.2 + 0.2 * (suptitle.count("\n") + 1), 0.15 * lines + 0.08, 0.1  # inches: title, image titles, spacing
     width, height = cols * CELL, head + rows * (label + CELL)
@@ -272,7 +275,7 @@ def preview_figure(images: torch.Tensor, labels: torch.Tensor, classes: Sequence
     per_block = -(-k // blocks)
     name_width = 0.07 * max(len(short(c, 20)) + len(f" ({n:,})") for c, n in zip(classes, counts)) + 0.3
     fig = Figure(figsize=(max(5.0, blocks * (per_class * 0.5 + name_width)), max(2.2, per_block * 0.5 + 0.8)), layout="constrained")
-    fig.suptitle(title, fontsize=10, **LITERAL)
+    fig.suptitle(printable(title), fontsize=10, **LITERAL)
     for b, ax in enumerate(np.atleast_1d(fig.subplots(1, blocks))):
         chunk = range(b * per_block, min(k, (b + 1) * per_block))
         strip = np.concatenate([rows[i] for i in chunk])
@@ -302,6 +305,6 @@ def balance_figure(counts: dict[str, Sequence[int]], classes: Sequence[str], tit
     ax.set_yticks(rows, [short(c, 24) for c in classes], fontsize=_label_font(k), **LITERAL)
     ax.set_ylim(k - 0.5, -0.5)
     ax.set_xlim(0, left.max() * 1.25)  # room for the legend
-    ax.set(xlabel="images", title=title)
+    ax.set(xlabel="images", title=printable(title))
     ax.legend(fontsize=9, loc="lower right")
     return fig

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from imgcls.errors import ImgclsError, missing_extra
 from imgcls.inference import Predictor
+from imgcls.interrupt import STOP_SIGNALS, CtrlC, during, stopped
 
 DEFAULT_MAX_BYTES = 10 * 2**20
 
@@ -50,5 +51,25 @@ def serve(
     )
     if host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: --host {host} makes the server reachable from other machines", file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level="info" if access_log else "warning", access_log=access_log,
-                http=with_head_timeout(upload_timeout))  # fmt: skip
+    config = uvicorn.Config(app, host=host, port=port, log_level="info" if access_log else "warning", access_log=access_log,
+                            http=with_head_timeout(upload_timeout))  # fmt: skip
+    server = _server_class(uvicorn.Server)(config)
+    server.run()
+    if getattr(server, "stop", None) is not None and server.stop.pressed:
+        with during("serving", "stopped after answering the requests in flight"):
+            raise stopped(server.stop.signum)
+
+
+def _server_class(base):
+    """uvicorn's Server, stopped gracefully by SIGHUP as well as by Ctrl-C and SIGTERM (uvicorn takes those two only,
+    and a bare SIGHUP unwound its event loop with a traceback), remembering which signal stopped it."""
+
+    class Server(base):
+        def capture_signals(self) -> CtrlC:
+            self.stop = CtrlC(on_press=self.handle_exit_signal, signals=STOP_SIGNALS)
+            return self.stop
+
+        def handle_exit_signal(self, signum: int) -> None:
+            self.should_exit = True
+
+    return Server

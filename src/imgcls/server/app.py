@@ -28,6 +28,19 @@ UPLOAD_TIMEOUT = 30.0  # seconds an upload may send nothing before it gets a 408
 LOG = logging.getLogger("uvicorn.error")  # configured by uvicorn: our lines come out with its own
 
 
+class ToDebug(logging.Filter):
+    """A library's warning about one client's malformed request ("Expected boundary character"), demoted to debug
+    level: the client gets its 400, and the warning would otherwise go bare to stderr, outside uvicorn's log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+for _name in ("python_multipart.multipart", "multipart.multipart"):  # the module's name since 0.0.13, and before
+    logging.getLogger(_name).addFilter(ToDebug())
+
+
 class TooLarge(Exception):
     pass
 
