@@ -25,8 +25,9 @@ import torch
 from imgcls.checkpoint import load, load_model, normalisation
 from imgcls.config import TrainConfig
 from imgcls.data.core import Split
-from imgcls.engine import Trainer, load_run_data, setup
 from imgcls.evaluation import metrics, predict_logits
+from imgcls.training.run import load_run_data, setup
+from imgcls.training.trainer import Trainer
 
 VARIANTS = {  # in order of interest: a run cut short by time still has the first rows
     "fast recipe (all methods)": {},

@@ -7,7 +7,7 @@ For every model x size, on random uint8 batches of --batch images, images per se
   train:      a training step as the fine-tune recipe takes it: prepare() with a flip and a 35-100% resized crop,
               channels_last, autocast where imgcls.device.amp_dtype says so (bf16 on CPUs with native bf16, else fp32),
               cross-entropy with label smoothing 0.1, backward, AdamW step over the recipe's discriminative-lr groups;
-  features:   imgcls.finetune.features itself on one batch (eval mode, torch.no_grad, forward only);
+  features:   imgcls.training.finetune.features itself on one batch (eval mode, torch.no_grad, forward only);
   inference:  imgcls.evaluation.predict_logits on one batch (eval mode, torch.inference_mode).
 Features and inference run the same forward pass (features records the head's input, the head still runs), so they
 differ only by no_grad against inference_mode. One baseline row: imgcls's small-image ResNet-18 (3x3 stem, no max pool:
@@ -16,13 +16,13 @@ in training images/s (the goal is at least 5x).
 Each figure is the median over timed steps of batch / step time, after --warmup untimed steps (oneDNN builds its
 kernels on the first steps of each shape), timing steps for --seconds (at least 3 steps).
 
---fine-tune-images N (0: skip) times `imgcls.engine.train(TrainConfig(data=FOLDER, device="cpu"))` end to end, as a
+--fine-tune-images N (0: skip) times `imgcls.train(FOLDER, device="cpu")` end to end, as a
 user's first run (decode cache empty): FOLDER holds N JPEGs of two classes, CIFAR-10 airplanes and birds from
 ../shared/data/cifar10-jpeg upscaled to 160x120 and 150x120 (generated pictures when that folder is missing). Their two
 sizes make imgcls resize them to its CPU default side, as it does a phone's photos. The resnet18 "ImageNet" weight file
 is random weights with batch-norm statistics of real activations (as tests/conftest.py's cache_torchvision_weights),
 put in a temporary TORCH_HOME so `--pretrained auto` finds it; accuracies are therefore meaningless. The HTML report
-(imgcls.report.write_report: plots) is patched out and not timed. The recipe sizes the run to show about 6,000 training
+(report=False: no plots) is not drawn, nor timed. The recipe sizes the run to show about 6,000 training
 images (60% of N train; 3 to 100 epochs), so a small N is not a short run: 40 images train 100 epochs of 24.
 
 Prints the CPU model, a markdown table and the baseline ratio, then one JSON object as the last line.
@@ -43,18 +43,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from transfer import fastai_frozen_stage  # bench/transfer.py, beside this script
+from transfer import FastaiStage  # bench/transfer.py, beside this script
 
-from imgcls import finetune
+import imgcls
 from imgcls.config import PRECISIONS, TrainConfig
 from imgcls.data.augment import Augment, prepare
 from imgcls.device import amp_dtype, autocast, use_channels_last
-from imgcls.engine import Trainer, train
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import predict_logits
 from imgcls.models import create_model
 from imgcls.models.registry import check_input, get_model_info
 from imgcls.models.torchvision_models import IMAGENET_MEAN, IMAGENET_STD, cache_path, default_weights
+from imgcls.training import finetune
+from imgcls.training.run import train
 
 CPU = torch.device("cpu")
 CLASSES = 10
@@ -184,15 +185,15 @@ def fine_tune(n: int, data_dir: Path) -> dict:
         tmp = Path(tmp)
         source = make_photos(tmp / "photos", n, data_dir)
         env = {"TORCH_HOME": str(tmp / "torch"), "IMGCLS_CACHE": str(tmp / "cache"), "IMGCLS_OFFLINE": "1"}
-        with mock.patch.dict(os.environ, env), mock.patch("imgcls.report.write_report", lambda *args, **kwargs: None):
+        with mock.patch.dict(os.environ, env):
             cache_resnet18_weights()
-            print(f"\nfine-tune: {n} JPEGs ({source}), imgcls.engine.train(TrainConfig(data=FOLDER, device='cpu'))", flush=True)
+            print(f"\nfine-tune: {n} JPEGs ({source}), imgcls.train(FOLDER, device='cpu', report=False)", flush=True)
             start = time.perf_counter()
-            run_dir, summary = train(TrainConfig(data=str(tmp / "photos"), device="cpu"), out=str(tmp / "run"))
+            run = imgcls.train(str(tmp / "photos"), device="cpu", report=False, progress=False, out=tmp / "run")
+            run_dir, summary = run.dir, run.summary
             wall = time.perf_counter() - start
             # The same run with fastai's frozen stage (forward passes every epoch, norms training): what caching saves.
-            with mock.patch.object(Trainer, "frozen_stage", fastai_frozen_stage):
-                _, fastai = train(TrainConfig(data=str(tmp / "photos"), device="cpu"), out=str(tmp / "run-fastai"))
+            _, fastai = train(TrainConfig(data=str(tmp / "photos"), device="cpu"), out=str(tmp / "run-fastai"), trainer_class=FastaiStage)
         cfg = json.loads((run_dir / "config.json").read_text())
     if cfg["pretrained"] != "on":
         raise SystemExit("bench/backbones.py: the fine-tune did not start from the placed resnet18 weights: nothing fine-tuned to time")

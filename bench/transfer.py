@@ -21,14 +21,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import imgcls.report
-from imgcls import finetune
 from imgcls.config import TrainConfig
 from imgcls.data.augment import prepare
 from imgcls.device import autocast
-from imgcls.engine import Trainer, train
-
-CACHED = Trainer.frozen_stage
+from imgcls.training import finetune
+from imgcls.training.run import train
+from imgcls.training.trainer import Trainer
 
 TARGET = ("airplane", "bird")
 
@@ -85,9 +83,17 @@ def fastai_frozen_stage(trainer) -> None:
     print(finetune.describe(trainer.progress.frozen_stage).replace("on cached features", "fastai-style (norms training)"), flush=True)
 
 
-def run(cfg: TrainConfig, out: Path) -> dict:
+class FastaiStage(Trainer):
+    """The Trainer with fastai's frozen stage in place of imgcls's cached features."""
+
+    def frozen_stage(self) -> None:
+        fastai_frozen_stage(self)
+
+
+def run(cfg: TrainConfig, out: Path, trainer_class: type[Trainer] = Trainer) -> dict:
+    """A run as `imgcls train` makes it, without the report (plots are not what is measured)."""
     start = time.perf_counter()
-    _, summary = train(cfg, out=str(out))
+    _, summary = train(cfg, out=str(out), trainer_class=trainer_class)
     summary["wall_seconds"] = time.perf_counter() - start
     return summary
 
@@ -111,7 +117,6 @@ def main() -> None:
     parser.add_argument("--pretrained-run", type=Path, help="reuse this CIFAR-8 run (else one is trained and kept there when given)")
     parser.add_argument("--precision", default="auto")
     args = parser.parse_args()
-    imgcls.report.write_report = lambda *a, **k: None  # plots are not what is measured
     cifar = (Path(args.data_dir) / "cifar10-jpeg").resolve()
     others = sorted(p.name for p in (cifar / "train").iterdir() if p.name not in TARGET)
     rows = []
@@ -131,9 +136,8 @@ def main() -> None:
             row = {"seed": seed}
             tuned_cfg = replace(cfg, weights=str(pre_dir), freeze_epochs=args.freeze_epochs, lr=args.lr)
             for stage in ("cached", "fastai") if args.frozen_stage == "both" else (args.frozen_stage,):
-                Trainer.frozen_stage = fastai_frozen_stage if stage == "fastai" else CACHED
                 key = "fine_tuned" if stage == "cached" else "fine_tuned_fastai_stage"
-                row[key] = run(tuned_cfg, tmp / f"tuned-{stage}-{seed}")
+                row[key] = run(tuned_cfg, tmp / f"tuned-{stage}-{seed}", FastaiStage if stage == "fastai" else Trainer)
                 stage_seconds = sum(row[key]["frozen_stage"][k] for k in ("feature_seconds", "head_seconds"))
                 row[key]["seconds_with_frozen_stage"] = row[key]["train_seconds"] + stage_seconds
                 print(
@@ -141,7 +145,6 @@ def main() -> None:
                     f"(frozen stage {stage_seconds:.1f}s, val {row[key]['frozen_stage']['val_acc']:.2%})",
                     flush=True,
                 )
-            Trainer.frozen_stage = CACHED
             if not args.skip_scratch:
                 row["scratch"] = run(cfg, tmp / f"scratch-{seed}")
                 # Same time budget: scratch epochs scaled to the fine-tune's training seconds (frozen stage included).

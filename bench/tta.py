@@ -31,8 +31,10 @@ import torch.nn.functional as F
 from imgcls.config import TrainConfig, check, fill_defaults
 from imgcls.data import load_dataset
 from imgcls.device import pick_device
-from imgcls.engine import Interrupted, Trainer
 from imgcls.evaluation import predict_logits
+from imgcls.interrupt import Interrupted
+from imgcls.training.callbacks import Callback
+from imgcls.training.trainer import Trainer
 
 
 @dataclass
@@ -103,21 +105,24 @@ def run_imgcls(data, task: Task, recipe: str, targets: tuple[float, ...], seed: 
         print(f"imgcls, recipe {recipe}: {cfg.model}, {cfg.epochs} epochs, batch {cfg.batch_size}, seed {seed}", flush=True)
         clock = Clock()
 
-        def on_step(t: Trainer) -> None:
-            step = t.progress.epoch * t.steps_per_epoch + t.progress.step
-            if step % every and step != total:
-                return
-            seconds = clock()
-            with clock.pause():
-                t0 = time.perf_counter()
-                accuracy = t._eval(data.test).accuracy
-                t.model.train()
-                curve.eval_seconds += time.perf_counter() - t0
-            curve.add(seconds, step * cfg.batch_size, accuracy)
-            if curve.done:
-                t.request_stop()
+        class Checkpoints(Callback):
+            """The test accuracy every `every` steps, with the clock stopped; a stop once every target is reached."""
 
-        trainer.on_step = on_step
+            def on_step(self, t: Trainer) -> None:
+                step = t.progress.epoch * t.steps_per_epoch + t.progress.step
+                if step % every and step != total:
+                    return
+                seconds = clock()
+                with clock.pause():
+                    t0 = time.perf_counter()
+                    accuracy = t._eval(data.test).accuracy
+                    t.model.train()
+                    curve.eval_seconds += time.perf_counter() - t0
+                curve.add(seconds, step * cfg.batch_size, accuracy)
+                if curve.done:
+                    t.request_stop()
+
+        trainer.callbacks = Checkpoints()
         with contextlib.suppress(Interrupted):  # stopped once every target was reached
             trainer.fit()
     return curve, trainer

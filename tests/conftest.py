@@ -15,11 +15,15 @@ import torch
 from PIL import Image
 
 from imgcls.data.core import Dataset, Split
+from imgcls.training.callbacks import Callback
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared_data = pytest.mark.skipif(
     not (SHARED_DATA / "MNIST" / "raw").is_dir(), reason=f"real datasets not found at {SHARED_DATA} (the repo's ../shared/data)"
 )
+
+
+DRAW_REPORT = {"on": False}
 
 
 @pytest.fixture(autouse=True)
@@ -30,8 +34,8 @@ def isolated(tmp_path, monkeypatch, request):
     monkeypatch.setenv("IMGCLS_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     torch.set_num_threads(os.cpu_count() or 1)
-    if request.node.get_closest_marker("report") is None:  # drawing plots after each of dozens of test runs costs a minute
-        monkeypatch.setattr("imgcls.report.write_report", lambda *args, **kwargs: None)
+    # Drawing plots after each of dozens of test runs costs a minute: run_cli passes --no-report unless marked "report".
+    DRAW_REPORT["on"] = request.node.get_closest_marker("report") is not None
 
 
 def make_folder(root: Path, classes=("cat", "dog"), per_class=12, size=(16, 16), mode="RGB", ext="png", seed=0) -> Path:
@@ -81,7 +85,10 @@ def run_cli(capsys, *args) -> tuple[int, str, str]:
     """`imgcls ARGS` in-process: exit code, stdout, stderr."""
     from imgcls.cli import main
 
-    code = main([str(a) for a in args])
+    args = [str(a) for a in args]
+    if args[:1] == ["train"] and "--resume" not in args and not DRAW_REPORT["on"] and "--report" not in args:
+        args.append("--no-report")
+    code = main(args)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -94,20 +101,54 @@ def one_line_error(capsys, *args) -> str:
     return err
 
 
-@pytest.fixture
-def weights_at_start(monkeypatch) -> dict:
-    """Filled with the model's tensors as the first epoch of the next run starts (key "weights"), to check where it began."""
-    from imgcls import engine
+class WeightsAtStart(Callback):
+    """Keeps the model's tensors as training starts (`weights`), to check where a run began."""
 
-    started = {}
+    weights: dict = {}
 
-    class Recording(engine.Trainer):
-        def train_epoch(self):
-            started.setdefault("weights", {k: v.clone() for k, v in self.model.state_dict().items()})
-            super().train_epoch()
+    def on_fit_start(self, trainer):
+        self.weights = {k: v.clone() for k, v in trainer.model.state_dict().items()}
 
-    monkeypatch.setattr(engine, "Trainer", Recording)
-    return started
+
+class OnStep(Callback):
+    """Calls fn(trainer) after every step."""
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def on_step(self, trainer):
+        self.fn(trainer)
+
+
+class StopAt(Callback):
+    """Stops the run after this step of this epoch (both counted from 1), as Ctrl-C would."""
+
+    def __init__(self, epoch: int, step: int):
+        self.at = (epoch - 1, step)
+
+    def on_step(self, trainer):
+        if (trainer.progress.epoch, trainer.progress.step) == self.at:
+            trainer.request_stop()
+
+
+def logged(caplog) -> str:
+    """What imgcls logged since the last call, a line per message, as the command line prints them (library calls log)."""
+    text = "".join(r.getMessage() + "\n" for r in caplog.records if r.name.split(".")[0] == "imgcls")
+    caplog.clear()
+    return text
+
+
+def api_train(*args, **options):
+    """imgcls.train without the progress bar and, unless given, the report: a test's run."""
+    import imgcls
+
+    return imgcls.train(*args, progress=False, **({"report": False} | options))
+
+
+def api_resume(run, **options):
+    import imgcls
+
+    return imgcls.resume(run, progress=False, **options)
 
 
 def cache_torchvision_weights(name: str) -> dict[str, torch.Tensor]:

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import SHARED_DATA, make_folder, needs_shared_data, one_line_error, run_cli, save_checkpoint
+from conftest import SHARED_DATA, WeightsAtStart, api_train, make_folder, needs_shared_data, one_line_error, run_cli, save_checkpoint
 from imgcls.autoencode import train as ae_train
 from imgcls.autoencode.models import AutoEncoder
 from imgcls.autoencode.train import encode, load_checkpoint, load_model
@@ -164,17 +164,17 @@ def test_unusual_images_score_as_more_anomalous_than_digits(ae_run, capsys, tmp_
 
 
 @pytest.mark.parametrize("which", ["ae_run", "vae_run"])
-def test_train_with_weights_starts_aenet_from_the_encoder(which, request, capsys, weights_at_start):
+def test_train_with_weights_starts_aenet_from_the_encoder(which, request, caplog):
     run = request.getfixturevalue(which)
-    code, out, err = run_cli(capsys, "train", "--weights", run, "--epochs", "1", "--freeze-epochs", "0", "--out", "clf")
-    assert code == 0, err
+    start = WeightsAtStart()
+    api_train(weights=str(run), epochs=1, freeze_epochs=0, out="clf", callbacks=[start])
     assert json.loads(Path("clf/config.json").read_text())["model"] == "aenet"  # from the checkpoint, without --model
     encoder = {k: v for k, v in load_checkpoint(run)["state_dict"].items() if k.startswith("encoder.") and "logvar" not in k}
-    started = weights_at_start["weights"]
+    started = start.weights
     assert set(encoder) == {k for k in started if k.startswith("encoder.")}
     for key, value in encoder.items():
         assert torch.equal(started[key], value), key
-    assert f"{len(encoder)} tensors loaded" in out
+    assert f"{len(encoder)} tensors loaded" in caplog.text
 
 
 def test_an_interrupted_run_resumes_to_the_same_result(tmp_path, capsys, monkeypatch):

@@ -11,7 +11,7 @@ import torch
 from conftest import one_line_error, save_checkpoint
 from imgcls.config import TrainConfig, check
 from imgcls.errors import ImgclsError
-from imgcls.export import export
+from imgcls.exporter import export
 
 QUICK = ["--model", "mlp", "--epochs", "1"]  # so that the old code, which let these through, failed fast
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli_train, make_folder, run_cli
+from conftest import StopAt, api_train, cli_train, make_folder, run_cli
 from imgcls.data import load_dataset
 
 
@@ -288,16 +288,9 @@ def test_a_run_on_a_relative_folder_path_finds_its_data_from_anywhere(tmp_path, 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
 def test_a_run_trained_on_cuda_resumes_and_evaluates_on_a_cpu_only_machine(tmp_path, capsys):
-    from imgcls.config import TrainConfig
-    from imgcls.engine import Interrupted, train
-
     root = make_folder(tmp_path / "shapes", per_class=15)
-    with pytest.raises(Interrupted):  # stopped in its second epoch, as if by Ctrl-C
-        train(
-            TrainConfig(data=str(root), model="mlp", epochs=2, batch_size=4),
-            out="r",
-            on_step=lambda t: t.progress.epoch and t.request_stop(),
-        )
+    stopped = api_train(str(root), model="mlp", epochs=2, batch_size=4, out="r", callbacks=[StopAt(2, 1)])  # as if by Ctrl-C
+    assert stopped.interrupted is not None
     for name in ("best.pt", "last.pt"):  # what a GPU run writes: its device, and CUDA-sized generator states
         ckpt = torch.load(Path("r", name), weights_only=True)
         ckpt["config"]["device"] = "cuda"

@@ -3,7 +3,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_folder
+from conftest import logged, make_folder
 from imgcls.data import folder as folder_module
 from imgcls.data import load_dataset
 from imgcls.data.images import read_image
@@ -92,18 +92,18 @@ def test_exif_rotation_is_applied(tmp_path):
     assert read_image(path, 3, None).shape == (3, 20, 10)
 
 
-def test_mixed_sizes_are_resized_to_a_common_square(tmp_path, capsys):
+def test_mixed_sizes_are_resized_to_a_common_square(tmp_path, caplog):
     root = make_folder(tmp_path / "d", per_class=6)
     Image.new("RGB", (40, 30), "red").save(root / "cat" / "big.png")
     assert load_dataset(str(root)).shape == (3, 128, 128)
-    assert "different sizes" in capsys.readouterr().err
+    assert "different sizes" in logged(caplog)
     assert load_dataset(str(root), image_size=24).shape == (3, 24, 24)
 
 
-def test_large_images_are_scaled_down_unless_a_size_is_given(tmp_path, capsys):
+def test_large_images_are_scaled_down_unless_a_size_is_given(tmp_path, caplog):
     root = make_folder(tmp_path / "d", per_class=6, size=(300, 400))
     assert load_dataset(str(root)).shape == (3, 128, 128)
-    assert "are 400x300, large to hold in memory" in capsys.readouterr().err
+    assert "are 400x300, large to hold in memory" in logged(caplog)
     assert load_dataset(str(root), image_size=200).shape == (3, 200, 200)
 
 
@@ -180,13 +180,13 @@ def test_parallel_decoding_matches_decoding_in_one_process(tmp_path, monkeypatch
     assert [s.split(":")[0] for s in parallel.meta["skipped"]] == ["dog/bad.png"]
 
 
-def test_a_symlink_loop_in_a_class_folder_is_skipped_with_a_line(tmp_path, capsys):
+def test_a_symlink_loop_in_a_class_folder_is_skipped_with_a_line(tmp_path, caplog):
     root = make_folder(tmp_path / "d", per_class=10)
     (root / "cat" / "loop").symlink_to(root / "cat", target_is_directory=True)  # os.scandir would recurse until ELOOP
     (root / "dog" / "self").symlink_to(root / "dog" / "self")  # a link to itself: stat fails with ELOOP
     data = load_dataset(str(root))
     assert len(data.train) + len(data.val) + len(data.test) == 20
-    err = capsys.readouterr().err
+    err = logged(caplog)
     assert "skipping cat/loop: a link to a folder already scanned" in err and "skipping dog/self" in err
 
 
@@ -207,13 +207,13 @@ def test_a_class_whose_files_are_all_unreadable_is_a_clear_error(tmp_path):
         load_dataset(str(root))
 
 
-def test_a_class_too_small_for_val_and_test_gets_a_warning(tmp_path, capsys):
+def test_a_class_too_small_for_val_and_test_gets_a_warning(tmp_path, caplog):
     root = make_folder(tmp_path / "d", per_class=10)
     (root / "bird").mkdir()
     Image.new("RGB", (16, 16), (1, 2, 3)).save(root / "bird" / "only.png")
     data = load_dataset(str(root))
     assert data.classes == ["bird", "cat", "dog"] and 0 in data.train.labels.tolist()
-    err = capsys.readouterr().err
+    err = logged(caplog)
     assert "warning: too few images to put any of bird in val" in err and "in test" in err
     load_dataset(str(root), split_files=data.split_files)  # a replayed split (resume, evaluate) does not warn again
-    assert "warning" not in capsys.readouterr().err
+    assert "warning" not in logged(caplog)

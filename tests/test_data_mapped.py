@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_folder
+from conftest import logged, make_folder
 from imgcls.data import DATASETS, load_dataset, mapped
 from imgcls.data import core as core_module
 from imgcls.data import folder as folder_module
@@ -71,7 +71,7 @@ def test_channel_stats_counted_in_chunks_are_exact(monkeypatch):
     assert np.allclose(std, x.std((0, 2, 3), unbiased=False).numpy(), atol=1e-4)
 
 
-def test_a_process_waits_for_the_one_decoding_a_folder_then_maps_its_work(tmp_path, capsys):
+def test_a_process_waits_for_the_one_decoding_a_folder_then_maps_its_work(tmp_path, caplog):
     root = make_folder(tmp_path / "d", per_class=10)
     load_dataset(str(root))
     [lock] = cache_files(tmp_path, ".lock")
@@ -93,7 +93,7 @@ def test_a_process_waits_for_the_one_decoding_a_folder_then_maps_its_work(tmp_pa
     release.set()
     holder.join()
     loader.join(30)
-    assert len(loaded) == 1 and f"waiting for another imgcls process to finish decoding {root}" in capsys.readouterr().err
+    assert len(loaded) == 1 and f"waiting for another imgcls process to finish decoding {root}" in logged(caplog)
 
 
 def test_a_folder_is_decoded_a_few_chunks_at_a_time(tmp_path, monkeypatch):
@@ -113,7 +113,7 @@ def test_a_folder_is_decoded_a_few_chunks_at_a_time(tmp_path, monkeypatch):
 # it holds once imported plus a budget. Allocating the dataset's size must fail under the cap, or the test proves nothing.
 CAPPED = """
 import resource, sys
-import imgcls.cli, imgcls.engine, imgcls.evaluation, imgcls.report  # imported before the cap: it is for data and training
+import imgcls.cli, imgcls.training.run, imgcls.evaluation, imgcls.report  # imported before the cap: it is for data and training
 
 def data_segment():
     return next(int(line.split()[1]) * 1024 for line in open("/proc/self/status") if line.startswith("VmData:"))

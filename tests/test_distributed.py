@@ -14,7 +14,7 @@ import torch
 from conftest import free_port, tiny_dataset
 from imgcls.config import TrainConfig, fill_defaults
 from imgcls.distributed import Group, shard
-from imgcls.engine import Trainer, batches_per_epoch
+from imgcls.training.trainer import Trainer, batches_per_epoch
 
 TRAIN = ["--epochs", "2", "--device", "cpu", "--seed", "3"]
 

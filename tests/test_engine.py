@@ -6,17 +6,19 @@ import os
 import pytest
 import torch
 
-from conftest import tiny_dataset
+from conftest import OnStep, tiny_dataset
 from imgcls import checkpoint, files
 from imgcls import device as device_module
-from imgcls import engine as engine_module
 from imgcls.config import TrainConfig, fill_defaults
 from imgcls.data.core import Dataset
 from imgcls.device import amp_dtype
-from imgcls.engine import Interrupted, Trainer, batches_per_epoch
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import predict_logits
+from imgcls.interrupt import Interrupted
 from imgcls.models import create_model
+from imgcls.training import callbacks as callbacks_module
+from imgcls.training import trainer as engine_module
+from imgcls.training.trainer import Trainer, batches_per_epoch
 
 
 def trainer_for(tmp_path, data: Dataset, name="run", **cfg) -> Trainer:
@@ -93,7 +95,9 @@ def test_resume_after_interrupt_equals_an_uninterrupted_run(tmp_path, stop_at):
     expected = straight.fit()
 
     interrupted = trainer_for(tmp_path, data, name="resumed", **options)
-    interrupted.on_step = lambda t: t.request_stop() if t.progress.epoch * t.steps_per_epoch + t.progress.step == stop_at else None
+    interrupted.callbacks = OnStep(
+        lambda t: t.request_stop() if t.progress.epoch * t.steps_per_epoch + t.progress.step == stop_at else None
+    )
     with pytest.raises(Interrupted):
         interrupted.fit()
 
@@ -109,7 +113,7 @@ def test_resume_after_interrupt_equals_an_uninterrupted_run(tmp_path, stop_at):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     trainer = trainer_for(tmp_path, tiny_dataset(n_train=256), epochs=3)
-    trainer.on_step = lambda t: t.progress.epoch == 1 and [g.update(lr=1e12) for g in t.optimizer.param_groups]
+    trainer.callbacks = OnStep(lambda t: t.progress.epoch == 1 and [g.update(lr=1e12) for g in t.optimizer.param_groups])
     with pytest.raises(ImgclsError, match=r"loss became (nan|inf) in epoch 2.*last.pt keeps the last good state \(epoch 1\).*lower --lr"):
         trainer.fit()
     ckpt = checkpoint.load(tmp_path / "run", which="last")
@@ -173,11 +177,12 @@ def test_batches_per_epoch_drops_a_last_batch_of_one():
     assert batches_per_epoch(1, 32) == 1
 
 
-def test_without_a_terminal_progress_is_logged_as_plain_lines(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(engine_module, "LOG_EVERY", 0.0)
+def test_without_a_terminal_progress_is_logged_as_plain_lines(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(callbacks_module, "LOG_EVERY", 0.0)
     trainer = trainer_for(tmp_path, tiny_dataset(n_train=320), epochs=1)  # 20 steps: shown at steps 10 and 20
+    trainer.callbacks = callbacks_module.ProgressBar()
     trainer.fit()
-    lines = [line for line in capsys.readouterr().out.splitlines() if " step " in line]
+    lines = [r.getMessage() for r in caplog.records if " step " in r.getMessage()]
     assert [line.split()[3] for line in lines] == ["10/20", "20/20"]
     assert all("img/s" in line and "loss" in line for line in lines)
 
@@ -233,7 +238,7 @@ def test_a_full_disk_stops_with_one_message_keeps_the_last_good_state_and_resume
     real_save = torch.save
     monkeypatch.setattr(torch, "save", lambda obj, f: real_save(obj, FullDisk(f) if disk["full"] else f))
     trainer = trainer_for(tmp_path, data, model="mlp")
-    trainer.on_step = lambda t: disk.update(full=t.progress.epoch == 1)  # the disk fills up during epoch 2
+    trainer.callbacks = OnStep(lambda t: disk.update(full=t.progress.epoch == 1))  # the disk fills up during epoch 2
     with pytest.raises(files.WriteFailed) as failed:
         trainer.fit()
     message = str(failed.value)

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from conftest import save_checkpoint
-from imgcls import export as export_module
+from imgcls import exporter as export_module
 from imgcls.checkpoint import load_model
 from imgcls.cli import main
 from imgcls.errors import ImgclsError
-from imgcls.export import export, onnx_session, read_metadata
+from imgcls.exporter import export, onnx_session, read_metadata
 from imgcls.inference import Predictor
 from imgcls.models import MODELS
 

@@ -8,15 +8,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import cache_torchvision_weights, make_folder, run_cli
-from imgcls import checkpoint, finetune
-from imgcls import engine as engine_module
-from imgcls.config import TrainConfig
+from conftest import WeightsAtStart, api_resume, api_train, cache_torchvision_weights, make_folder, run_cli
+from imgcls import checkpoint
 from imgcls.data import load_dataset
-from imgcls.engine import Interrupted, resume, train
 from imgcls.models import create_model
+from imgcls.training import finetune
+from imgcls.training.callbacks import Callback
 
 QUICK = ["--batch-size", "8", "--device", "cpu"]
+QUICK_OPTIONS = {"batch_size": 8, "device": "cpu"}
 
 
 @pytest.fixture(autouse=True)
@@ -73,30 +73,29 @@ def test_discriminative_learning_rates_rise_from_lr_over_lr_mult_to_lr_at_the_he
     assert {g["lr"] for g in same} == {1e-3} and len(same) == 3  # norms, other biases, weights
 
 
-def test_the_frozen_stage_trains_the_head_alone_on_features_computed_once(capsys, monkeypatch, digit_run, digits):
+def test_the_frozen_stage_trains_the_head_alone_on_features_computed_once(caplog, digit_run, digits):
     """One forward pass per training image and flip, and per val image and flip (TTA), whatever --freeze-epochs is; the
     backbone is unchanged by it and the head has learnt."""
     seen, after = {"images": 0}, {}
 
-    class Counting(engine_module.Trainer):
-        def frozen_stage(self):
-            before = {k: v.clone() for k, v in self.model.state_dict().items()}
-            hook = self.model.register_forward_hook(lambda module, args, out: seen.__setitem__("images", seen["images"] + len(args[0])))
-            super().frozen_stage()
-            hook.remove()
-            after.update(
-                before=before,
-                now={k: v.clone() for k, v in self.model.state_dict().items()},
-                head=head_names(self.model, 2),
-                train=len(self.data.train),
-                val=len(self.data.val),
+    class Counting(Callback):
+        """Between on_fit_start and the first epoch's start lies the frozen stage."""
+
+        def on_fit_start(self, trainer):
+            after["before"] = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+            self.hook = trainer.model.register_forward_hook(
+                lambda module, args, out: seen.__setitem__("images", seen["images"] + len(args[0]))
             )
 
-    monkeypatch.setattr(engine_module, "Trainer", Counting)
-    code, out, err = run_cli(
-        capsys, "train", "--data", digits, "--weights", digit_run, "--freeze-epochs", "20", "--epochs", "1", *QUICK, "--out", "tuned"
-    )
-    assert code == 0, err
+        def on_epoch_start(self, trainer):
+            if self.hook is not None:
+                self.hook.remove()
+                self.hook = None
+                after.update(now={k: v.clone() for k, v in trainer.model.state_dict().items()}, head=head_names(trainer.model, 2),
+                             train=len(trainer.data.train), val=len(trainer.data.val))  # fmt: skip
+
+    api_train(str(digits), weights=str(digit_run), freeze_epochs=20, epochs=1, **QUICK_OPTIONS, out="tuned", callbacks=[Counting()])
+    out = caplog.text
     assert seen["images"] == after["train"] + after["val"]  # not 20 epochs' worth (digits: no flips, no TTA)
     changed = {k for k in after["now"] if not torch.equal(after["now"][k], after["before"][k])}
     assert changed == after["head"]  # batch-norm statistics included in the unchanged
@@ -110,50 +109,44 @@ def test_the_frozen_stage_trains_the_head_alone_on_features_computed_once(capsys
 def test_the_frozen_stage_alone_learns_a_head_on_good_features(digit_run, digits):
     """Features of a digit classifier separate 3s from 8s: the head trained on them alone (the recipe's freeze epochs)
     gets the classes before any epoch of the whole model."""
-    _, summary = train(TrainConfig(data=str(digits), weights=str(digit_run), epochs=1, batch_size=8, device="cpu"))
+    summary = api_train(str(digits), weights=str(digit_run), epochs=1, batch_size=8, device="cpu").summary
     assert summary["frozen_stage"]["val_acc"] >= 0.9
 
 
 def test_no_frozen_stage_from_scratch_or_with_freeze_epochs_0(digit_run, digits):
-    _, summary = train(TrainConfig(data=str(digits), epochs=1, batch_size=8, device="cpu"))
-    assert summary["frozen_stage"] is None
-    run_dir, summary = train(TrainConfig(data=str(digits), weights=str(digit_run), freeze_epochs=0, epochs=1, batch_size=8, device="cpu"))
-    assert summary["frozen_stage"] is None
-    assert json.loads((run_dir / "config.json").read_text())["freeze_epochs"] == 0
+    assert api_train(str(digits), epochs=1, batch_size=8, device="cpu").summary["frozen_stage"] is None
+    run = api_train(str(digits), weights=str(digit_run), freeze_epochs=0, epochs=1, batch_size=8, device="cpu")
+    assert run.summary["frozen_stage"] is None
+    assert run.config["freeze_epochs"] == 0
 
 
-def test_a_stop_in_the_frozen_stage_resumes_from_the_initial_weights(monkeypatch, digit_run, digits):
-    calls = {"n": 0}
-    features = finetune.features
-
-    def stopping(trainer, *args):
-        calls["n"] += 1
-        if calls["n"] == 1:
+def test_a_stop_in_the_frozen_stage_resumes_from_the_initial_weights(digit_run, digits):
+    class Stopping(Callback):  # SIGTERM as the frozen stage starts
+        def on_fit_start(self, trainer):
             trainer.request_stop(signal.SIGTERM)
-        return features(trainer, *args)
 
-    monkeypatch.setattr(finetune, "features", stopping)
-    with pytest.raises(Interrupted):
-        train(TrainConfig(data=str(digits), weights=str(digit_run), epochs=1, batch_size=8, device="cpu"), out="tuned")
+    run = api_train(str(digits), weights=str(digit_run), epochs=1, batch_size=8, device="cpu", out="tuned", callbacks=[Stopping()])
+    assert run.interrupted is not None and run.interrupted.signum == signal.SIGTERM
     last = checkpoint.load(Path("tuned"), which="last")
     source = checkpoint.load(digit_run)["state_dict"]
     assert last["progress"]["frozen_stage"] is None and last["progress"]["epoch"] == 0
     assert torch.equal(last["state_dict"]["0.weight"], source["0.weight"])  # the transferred weights were kept
-    _, summary = resume("tuned")
+    summary = api_resume("tuned").summary
     freeze_epochs = json.loads(Path("tuned/config.json").read_text())["freeze_epochs"]
     assert summary["frozen_stage"]["epochs"] == freeze_epochs >= 5 and summary["epochs_run"] == 1
 
 
-def test_photos_fine_tune_the_imagenet_resnet18_when_its_weights_are_cached(capsys, weights_at_start):
+def test_photos_fine_tune_the_imagenet_resnet18_when_its_weights_are_cached(capsys, caplog):
     imagenet = cache_torchvision_weights("resnet18")
-    code, out, err = run_cli(capsys, "train", "--data", photos(), "--image-size", "72", "--epochs", "1", *QUICK, "--out", "run")
-    assert code == 0, err
-    assert "--pretrained" not in err
+    start = WeightsAtStart()
+    api_train(str(photos()), image_size=72, epochs=1, **QUICK_OPTIONS, out="run", callbacks=[start])
+    out = caplog.text
+    assert "--pretrained" not in out
     config = json.loads(Path("run/config.json").read_text())
     assert (config["model"], config["pretrained"], config["crop_scale"], config["optimizer"]) == ("resnet18", "on", 0.35, "adamw")
     assert "120 tensors loaded, 2 skipped (shape or name differ), 2 new (fc.weight, fc.bias)" in out
     assert f"frozen backbone: head trained {config['freeze_epochs']} epochs" in out
-    assert torch.equal(weights_at_start["weights"]["conv1.weight"], imagenet["conv1.weight"])  # the ImageNet stem: 7x7/2
+    assert torch.equal(start.weights["conv1.weight"], imagenet["conv1.weight"])  # the ImageNet stem: 7x7/2
     ckpt = checkpoint.load(Path("run"))
     assert ckpt["mean"] == [0.485, 0.456, 0.406]
     # Everything downstream works on the result: evaluate (same split and size), predict, export with its ONNX parity check.
@@ -187,7 +180,7 @@ def test_the_size_photos_were_resized_to_is_recorded_for_resume_and_evaluate(cap
 
 def test_lr_find_starts_from_the_weights_it_is_given(capsys, monkeypatch, digit_run, digits):
     started = {}
-    from imgcls import lr_find as lr_find_module
+    from imgcls.training import lr_find as lr_find_module
 
     probe = lr_find_module.probe
 

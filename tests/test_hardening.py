@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import make_folder, one_line_error, run_cli, save_checkpoint
+from conftest import logged, make_folder, one_line_error, run_cli, save_checkpoint
 
 # Names that are not UTF-8 (Linux allows any bytes but / and NUL), as Python holds them: surrogate escapes.
 BAD_NAME = os.fsdecode(b"bad\xffname.jpg")
@@ -277,20 +277,20 @@ def test_a_torch_warning_never_comes_before_the_one_line_error(tmp_path, digits)
 # --- 6. a cache that lost its content -------------------------------------------------------------------------------
 
 
-def test_a_cache_whose_data_was_zeroed_is_detected_and_decoded_again(tmp_path, capsys):
+def test_a_cache_whose_data_was_zeroed_is_detected_and_decoded_again(tmp_path, caplog):
     from imgcls.data import load_dataset
     from imgcls.paths import cache_dir
 
     root = make_folder(tmp_path / "d", per_class=20)
     first = load_dataset(str(root)).train.images.clone()  # a copy: the mapping would show the zeros written below
-    capsys.readouterr()
+    logged(caplog)
     for data in cache_dir().glob("*.u8"):  # what a power loss after an unsynced write can leave: the size, not the bytes
         data.write_bytes(bytes(data.stat().st_size))
     again = load_dataset(str(root))
-    assert "is damaged (its checksum differs): decoding it again" in capsys.readouterr().err
+    assert "is damaged (its checksum differs): decoding it again" in logged(caplog)
     assert torch.equal(again.train.images, first) and first.max() > 0
     load_dataset(str(root))
-    assert "damaged" not in capsys.readouterr().err  # rebuilt, and intact from then on
+    assert "damaged" not in logged(caplog)  # rebuilt, and intact from then on
 
 
 # --- 7. stale temporary files, and library noise --------------------------------------------------------------------

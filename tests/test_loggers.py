@@ -5,9 +5,9 @@ import pytest
 from conftest import tiny_dataset
 from imgcls.cli import main
 from imgcls.config import TrainConfig, fill_defaults
-from imgcls.engine import Trainer
 from imgcls.errors import ImgclsError
-from imgcls.loggers import Interval, TensorBoardLogger, VisdomLogger
+from imgcls.training.loggers import Interval, TensorBoardLogger, VisdomLogger
+from imgcls.training.trainer import Trainer
 
 EPOCHS, STEPS = 2, 16  # 64 training images in batches of 4: read-backs at steps 10 and 16 of each epoch
 
@@ -16,7 +16,7 @@ def fit(tmp_path, loggers=(), name="run") -> Trainer:
     data = tiny_dataset()
     cfg = fill_defaults(TrainConfig(model="mlp", epochs=EPOCHS, batch_size=4, device="cpu"), data)
     (tmp_path / name).mkdir()
-    trainer = Trainer(cfg, data, tmp_path / name, loggers=loggers)
+    trainer = Trainer(cfg, data, tmp_path / name, callbacks=loggers)
     trainer.fit()
     for logger in loggers:
         logger.close()

@@ -10,10 +10,10 @@ import pytest
 from conftest import make_folder, tiny_dataset
 from imgcls.cli import build_parser, main
 from imgcls.config import TrainConfig, fill_defaults
-from imgcls.engine import Trainer
 from imgcls.errors import ImgclsError
-from imgcls.lr_find import lr_at, probe, suggest
 from imgcls.models import MODELS
+from imgcls.training.lr_find import lr_at, probe, suggest
+from imgcls.training.trainer import Trainer
 
 
 def filled(data, **options) -> TrainConfig:

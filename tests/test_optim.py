@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 
 from conftest import run_cli, tiny_dataset
-from imgcls import finetune, optim
 from imgcls.config import TrainConfig, fill_defaults
-from imgcls.engine import make_optimizer
+from imgcls.training import finetune, optim
+from imgcls.training.optim import make_optimizer
 
 
 def net() -> nn.Module:

@@ -18,10 +18,10 @@ from imgcls.checkpoint import load_model
 from imgcls.config import TrainConfig, check, fill_defaults
 from imgcls.data import load_dataset
 from imgcls.data.core import Dataset, Split
-from imgcls.engine import Trainer
 from imgcls.errors import ImgclsError
-from imgcls.export import export
+from imgcls.exporter import export
 from imgcls.models import create_model, model_options
+from imgcls.training.trainer import Trainer
 
 KINDS = ["rnn", "lstm", "gru"]
 OPTIONS = {"hidden_size": 24, "layers": 2, "bidirectional": True, "pool": "last"}
@@ -193,7 +193,7 @@ def test_export_has_parity_at_any_batch_size(lstm_run, tmp_path, fmt):
     for batch in (1, 5):
         x = torch.randn(batch, 1, 28, 28, generator=torch.Generator().manual_seed(batch))
         if fmt == "onnx":
-            from imgcls.export import onnx_session
+            from imgcls.exporter import onnx_session
 
             got = torch.from_numpy(onnx_session(result.path).run(None, {"images": x.numpy()})[0])
         else:

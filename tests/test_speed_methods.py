@@ -5,17 +5,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from conftest import tiny_dataset
+from conftest import OnStep, tiny_dataset
 from imgcls import checkpoint
-from imgcls.averaging import Lookahead, WeightAverage
 from imgcls.config import TrainConfig, check, fill_defaults
 from imgcls.data.augment import Augment, alternating_flip, prepare, random_crop
-from imgcls.engine import Interrupted, Trainer, triangle
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import predict_logits, shifted
 from imgcls.inference import Predictor
+from imgcls.interrupt import Interrupted
 from imgcls.models import create_model
 from imgcls.models.fast import PatchWhitening, init_from_data
+from imgcls.training.averaging import Lookahead, WeightAverage
+from imgcls.training.optim import triangle
+from imgcls.training.trainer import Trainer
 
 
 def smooth_images(n=64, c=3, side=16, seed=0) -> torch.Tensor:
@@ -153,7 +155,7 @@ def test_a_resumed_run_continues_the_average(tmp_path):
     straight = speed_trainer(tmp_path, "straight", **METHODS)
     straight.fit()
     stopped = speed_trainer(tmp_path, "resumed", **METHODS)
-    stopped.on_step = lambda t: t.progress.epoch == 1 and t.progress.step == 2 and t.request_stop()
+    stopped.callbacks = OnStep(lambda t: t.progress.epoch == 1 and t.progress.step == 2 and t.request_stop())
     with pytest.raises(Interrupted):
         stopped.fit()
     resumed = speed_trainer(tmp_path, "resumed", **METHODS)
@@ -192,7 +194,7 @@ def test_linear_schedule_warms_up_from_a_fifth_then_decays_to_seven_percent(tmp_
     peaks = [g["lr"] for g in trainer.optimizer.param_groups]
     assert sorted(set(peaks)) == pytest.approx([0.02, 0.16])  # each group starts at a fifth of its own peak (norms: 8x)
     seen = []
-    trainer.on_step = lambda t: seen.append([g["lr"] for g in t.optimizer.param_groups])
+    trainer.callbacks = OnStep(lambda t: seen.append([g["lr"] for g in t.optimizer.param_groups]))
     trainer.fit()
     total = 3 * trainer.steps_per_epoch
     for step, lrs in enumerate(seen, 1):

@@ -14,13 +14,14 @@ timm = pytest.importorskip("timm", reason="timm is not installed: pip install 'i
 from huggingface_hub import constants  # noqa: E402 - timm's dependencies, present when timm is
 from safetensors.torch import save_file  # noqa: E402
 
-from conftest import make_folder, one_line_error, run_cli  # noqa: E402
+from conftest import WeightsAtStart, api_train, logged, make_folder, one_line_error, run_cli  # noqa: E402
 from imgcls import checkpoint  # noqa: E402
 from imgcls.errors import ImgclsError  # noqa: E402
 from imgcls.models import create_model, get_model_info  # noqa: E402
 from imgcls.models.pretrained import pretrained_weights  # noqa: E402
 
 QUICK = ["--epochs", "1", "--batch-size", "8", "--device", "cpu"]
+QUICK_OPTIONS = {"epochs": 1, "batch_size": 8, "device": "cpu"}
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 
@@ -96,31 +97,29 @@ def test_grey_data_trains_a_timm_model_built_for_one_channel(capsys):
     assert ckpt["in_shape"] == [1, 28, 28] and ckpt["state_dict"]["stem.conv.weight"].shape[1] == 1
 
 
-def test_pretrained_on_starts_from_the_cached_weights_with_a_new_head(capsys, weights_at_start):
+def test_pretrained_on_starts_from_the_cached_weights_with_a_new_head(caplog):
     hub, path = cache_hub_file("resnet18")
-    code, out, err = run_cli(
-        capsys, "train", "--data", rgb_folder(), "--model", "timm:resnet18", "--pretrained", "on", *QUICK, "--lr", "0.001", "--out", "run"
+    start = WeightsAtStart()
+    api_train(str(rgb_folder()), model="timm:resnet18", pretrained="on", **QUICK_OPTIONS, lr=0.001, out="run", callbacks=[start])
+    assert "--pretrained" not in caplog.text
+    assert (
+        f"weights from {path}: {len(hub) - 2} tensors loaded, 2 skipped (shape or name differ), 2 new (fc.weight, fc.bias)" in caplog.text
     )
-    assert code == 0, err
-    assert "--pretrained" not in err
-    assert f"weights from {path}: {len(hub) - 2} tensors loaded, 2 skipped (shape or name differ), 2 new (fc.weight, fc.bias)" in out
-    assert all(torch.equal(weights_at_start["weights"][k], hub[k]) for k in hub if not k.startswith("fc."))
-    assert weights_at_start["weights"]["fc.weight"].shape == (2, 512)
+    assert all(torch.equal(start.weights[k], hub[k]) for k in hub if not k.startswith("fc."))
+    assert start.weights["fc.weight"].shape == (2, 512)
     cfg = timm.models.get_pretrained_cfg("resnet18")
     ckpt = checkpoint.load(Path("run"))
     assert (ckpt["mean"], ckpt["std"]) == (list(cfg.mean), list(cfg.std))
     assert json.loads(Path("run/config.json").read_text())["pretrained"] == "on"
 
 
-def test_grey_data_gets_the_first_convolution_summed_over_rgb_and_the_mean_averaged(capsys, weights_at_start):
+def test_grey_data_gets_the_first_convolution_summed_over_rgb_and_the_mean_averaged(caplog):
     hub, path = cache_hub_file("resnet18")
-    code, out, err = run_cli(
-        capsys, "train", "--data", grey_folder(), "--model", "timm:resnet18", "--pretrained", "on", *QUICK, "--out", "run"
-    )
-    assert code == 0, err
-    assert f"weights from {path}: {len(hub) - 2} tensors loaded, 2 skipped" in out
-    assert torch.allclose(weights_at_start["weights"]["conv1.weight"], hub["conv1.weight"].sum(1, keepdim=True))
-    assert torch.equal(weights_at_start["weights"]["layer1.0.conv1.weight"], hub["layer1.0.conv1.weight"])
+    start = WeightsAtStart()
+    api_train(str(grey_folder()), model="timm:resnet18", pretrained="on", **QUICK_OPTIONS, out="run", callbacks=[start])
+    assert f"weights from {path}: {len(hub) - 2} tensors loaded, 2 skipped" in caplog.text
+    assert torch.allclose(start.weights["conv1.weight"], hub["conv1.weight"].sum(1, keepdim=True))
+    assert torch.equal(start.weights["layer1.0.conv1.weight"], hub["layer1.0.conv1.weight"])
     cfg = timm.models.get_pretrained_cfg("resnet18")
     ckpt = checkpoint.load(Path("run"))
     assert ckpt["mean"] == pytest.approx([sum(cfg.mean) / 3]) and ckpt["std"] == pytest.approx([sum(cfg.std) / 3])
@@ -150,10 +149,10 @@ def test_without_the_weights_on_is_an_error_naming_the_path_auto_a_line_and_that
     assert f"weights from {where}: " in out
 
 
-def test_a_failed_download_is_one_line_in_auto_and_an_error_in_on(monkeypatch, capsys):
+def test_a_failed_download_is_one_line_in_auto_and_an_error_in_on(monkeypatch, caplog):
     monkeypatch.setenv("IMGCLS_OFFLINE", "0")  # so the Hub is asked, and refuses: it is offline
     assert pretrained_weights("timm:resnet18", (3, 32, 32), "auto", None) == (None, "off")
-    err = capsys.readouterr().err
+    err = logged(caplog)
     assert len(err.splitlines()) == 1 and str(repo_cache("resnet18")) in err and err.endswith("training from scratch instead\n")
     with pytest.raises(ImgclsError, match=r"resnet18\.a1_in1k \(timm\).*put the file at that path, or use --pretrained auto"):
         pretrained_weights("timm:resnet18", (3, 32, 32), "on", None)
@@ -206,7 +205,7 @@ def test_models_lists_timm_models_and_the_cached_weights(capsys):
 
 def test_timm_is_imported_only_for_a_timm_model():
     code = (
-        "import sys; import imgcls.cli, imgcls.engine; from imgcls.models import get_model_info; "
+        "import sys; import imgcls.cli, imgcls.training.run; from imgcls.models import get_model_info; "
         "get_model_info('cnn'); get_model_info('resnet50'); assert 'timm' not in sys.modules; "
         "get_model_info('timm:resnet18'); assert 'timm' in sys.modules"
     )

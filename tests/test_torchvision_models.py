@@ -8,15 +8,13 @@ from urllib.error import URLError
 import pytest
 import torch
 
-from conftest import cache_torchvision_weights, make_folder, one_line_error, run_cli
+from conftest import WeightsAtStart, api_resume, api_train, cache_torchvision_weights, logged, make_folder, one_line_error, run_cli
 from imgcls import checkpoint
-from imgcls import engine as engine_module
-from imgcls.config import TrainConfig
-from imgcls.engine import resume, train
 from imgcls.errors import ImgclsError
 from imgcls.models import MODELS, create_model, get_model_info
 from imgcls.models.pretrained import pretrained_weights
 from imgcls.models.torchvision_models import IMAGENET_MEAN, IMAGENET_STD, cache_path, default_weights
+from imgcls.training.callbacks import Callback
 
 QUICK = ["--epochs", "1", "--batch-size", "8", "--device", "cpu"]
 NEEDS_TIMM = pytest.mark.skipif(importlib.util.find_spec("timm") is None, reason="timm is not installed: pip install 'imgcls[timm]'")
@@ -57,18 +55,18 @@ def test_a_torchvision_model_trains_from_scratch_when_auto_finds_no_weights(mode
     assert ckpt["model"] == model and ckpt["mean"] != list(IMAGENET_MEAN)
 
 
-def test_pretrained_on_starts_from_the_cached_imagenet_weights_with_a_new_head(capsys, monkeypatch, weights_at_start):
+def test_pretrained_on_starts_from_the_cached_imagenet_weights_with_a_new_head(capsys, monkeypatch, caplog):
     imagenet = cache_torchvision_weights("tv:resnet18")
-    code, out, err = run_cli(
-        capsys, "train", "--data", rgb_folder(), "--model", "tv:resnet18", "--pretrained", "on", *QUICK, "--lr", "0.001", "--out", "run"
-    )  # a fine-tuning lr
-    assert code == 0, err
-    assert "--pretrained" not in err
+    start = WeightsAtStart()
+    api_train(str(rgb_folder()), model="tv:resnet18", pretrained="on", epochs=1, batch_size=8, device="cpu", lr=0.001, out="run",
+              callbacks=[start])  # fmt: skip  # a fine-tuning lr
+    out = caplog.text
+    assert "--pretrained" not in out
     path = cache_path(default_weights("tv:resnet18"))
     assert f"weights from {path}: 120 tensors loaded, 2 skipped (shape or name differ), 2 new (fc.weight, fc.bias)" in out
     body = [k for k in imagenet if not k.startswith("fc.")]
-    assert all(torch.equal(weights_at_start["weights"][k], imagenet[k]) for k in body)
-    assert weights_at_start["weights"]["fc.weight"].shape == (2, 512)
+    assert all(torch.equal(start.weights[k], imagenet[k]) for k in body)
+    assert start.weights["fc.weight"].shape == (2, 512)
     ckpt = checkpoint.load(Path("run"))
     assert (ckpt["mean"], ckpt["std"]) == (list(IMAGENET_MEAN), list(IMAGENET_STD))
     assert json.loads(Path("run/config.json").read_text())["pretrained"] == "on"
@@ -85,13 +83,11 @@ def test_pretrained_on_starts_from_the_cached_imagenet_weights_with_a_new_head(c
     path.unlink()
     resumed = {}
 
-    class Resumed(engine_module.Trainer):
-        def __init__(self, cfg, data, *args, **kwargs):
-            resumed["mean"] = data.mean
-            super().__init__(cfg, data, *args, **kwargs)
+    class Resumed(Callback):
+        def on_fit_start(self, trainer):
+            resumed["mean"] = trainer.data.mean
 
-    monkeypatch.setattr(engine_module, "Trainer", Resumed)
-    resume("run")
+    api_resume("run", callbacks=[Resumed()])
     assert resumed["mean"] == IMAGENET_MEAN
 
 
@@ -116,7 +112,7 @@ def test_pretrained_on_without_imagenet_weights_to_use_is_refused(capsys, args, 
 
 def test_an_unknown_pretrained_setting_is_refused():
     with pytest.raises(ImgclsError, match="unknown pretrained 'yes': choose one of auto, on, off"):
-        train(TrainConfig(pretrained="yes"))
+        api_train(pretrained="yes")
 
 
 @pytest.mark.parametrize(
@@ -150,14 +146,14 @@ def test_models_lists_the_torchvision_models_and_their_cached_weights(capsys):
     assert rows["resnet50"].endswith("not cached")
 
 
-def test_a_failed_download_is_one_line_in_auto_and_an_error_in_on(monkeypatch, capsys):
+def test_a_failed_download_is_one_line_in_auto_and_an_error_in_on(monkeypatch, caplog):
     def no_network(url, **kwargs):
         raise URLError("no network")
 
     monkeypatch.setenv("IMGCLS_OFFLINE", "0")
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_network)
     assert pretrained_weights("efficientnet_b0", (3, 64, 64), "auto", None) == (None, "off")
-    err = capsys.readouterr().err
+    err = logged(caplog)
     assert len(err.splitlines()) == 1 and "no network" in err and str(cache_path(default_weights("efficientnet_b0"))) in err
     with pytest.raises(ImgclsError, match="no network.*put the file at that path, or use --pretrained auto"):
         pretrained_weights("efficientnet_b0", (3, 64, 64), "on", None)

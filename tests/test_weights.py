@@ -7,10 +7,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import make_folder, one_line_error, run_cli, save_checkpoint
+from conftest import StopAt, WeightsAtStart, api_resume, api_train, make_folder, one_line_error, run_cli, save_checkpoint
 from imgcls import checkpoint
-from imgcls.config import TrainConfig
-from imgcls.engine import Interrupted, resume, train
 from imgcls.errors import ImgclsError
 from imgcls.models import create_model
 from imgcls.models.weights import read_state_dict, transfer
@@ -26,18 +24,18 @@ def source_run(capsys):
     return Path("source")
 
 
-def test_a_run_with_other_classes_gives_its_body_and_the_new_run_a_new_head(source_run, capsys, weights_at_start):
+def test_a_run_with_other_classes_gives_its_body_and_the_new_run_a_new_head(source_run, caplog):
     three = make_folder(Path("three"), classes=("ant", "bee", "cow"))
-    code, out, err = run_cli(capsys, "train", "--data", three, *QUICK, "--weights", source_run, "--out", "target")
-    assert code == 0, err
-
+    start = WeightsAtStart()
+    api_train(str(three), model="cnn", epochs=1, device="cpu", weights=str(source_run), out="target", callbacks=[start])
     assert (
-        f"weights from {source_run / 'best.pt'}: 6 tensors loaded, 2 skipped (shape or name differ), 2 new (head.weight, head.bias)" in out
+        f"weights from {source_run / 'best.pt'}: 6 tensors loaded, 2 skipped (shape or name differ), 2 new (head.weight, head.bias)"
+        in caplog.text
     )
     source = checkpoint.load(source_run)["state_dict"]
     for name in ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias", "fc1.weight", "fc1.bias"):
-        assert torch.equal(weights_at_start["weights"][name], source[name]), name
-    assert weights_at_start["weights"]["head.weight"].shape == (3, 128) and source["head.weight"].shape == (2, 128)
+        assert torch.equal(start.weights[name], source[name]), name
+    assert start.weights["head.weight"].shape == (3, 128) and source["head.weight"].shape == (2, 128)
     assert json.loads(Path("target/config.json").read_text())["weights"] == str(source_run.resolve())
 
 
@@ -130,14 +128,13 @@ def test_a_resumed_run_continues_from_last_pt_not_from_the_initial_weights(sourc
     three = make_folder(Path("three"), classes=("ant", "bee", "cow"))
     weights = Path("initial.pt")
     weights.write_bytes((source_run / "best.pt").read_bytes())
-    cfg = TrainConfig(data=str(three), model="cnn", epochs=2, batch_size=4, device="cpu", weights=str(weights))
-    _, expected = train(cfg, out="straight")
+    options = {"model": "cnn", "epochs": 2, "batch_size": 4, "device": "cpu", "weights": str(weights)}
+    expected = api_train(str(three), **options, out="straight").summary
 
-    with pytest.raises(Interrupted):
-        train(cfg, out="resumed", on_step=lambda t: t.progress.epoch == 1 and t.progress.step == 2 and t.request_stop())
+    assert api_train(str(three), **options, out="resumed", callbacks=[StopAt(2, 2)]).interrupted is not None
     weights.unlink()  # a resume needs only the run folder
     assert one_line_error(capsys, "train", "--resume", "resumed", "--weights", source_run).endswith("drop --weights\n")
-    _, got = resume("resumed")
+    got = api_resume("resumed").summary
     assert got["test_loss"] == expected["test_loss"]
     straight, resumed = checkpoint.load("straight", "last"), checkpoint.load("resumed", "last")
     assert straight["progress"]["history"][1]["train_loss"] == resumed["progress"]["history"][1]["train_loss"]

@@ -11,11 +11,13 @@ import torch.nn as nn
 from imgcls.config import saved_model_options
 from imgcls.errors import ImgclsError
 from imgcls.files import atomic_write
-from imgcls.models import create_model
+from imgcls.models import create_model, get_model_info
+from imgcls.models.user import is_user_model
 
 FORMAT = "imgcls-checkpoint-v1"
 KEYS = ("model", "in_shape", "classes", "mean", "std", "config", "state_dict")  # what every reader of a checkpoint uses
 RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng")  # what last.pt adds to its "progress" for --resume
+PROGRAM = ".torchscript.pt"  # best.torchscript.pt: `imgcls export --format torchscript`'s file, and a user model's program
 
 
 def atomic_save(obj, path: str | os.PathLike) -> None:
@@ -70,8 +72,16 @@ def load_model(ckpt: dict, device: torch.device | str = "cpu") -> nn.Module:
     """The checkpoint's model with its weights, in eval mode on `device`; refused in one line when the checkpoint's
     options cannot build it, or when its weights or normalisation cannot give a number (NaN, a std of 0)."""
     fix = "the file was edited or written by another version; retrain or use the run's own best.pt"
-    options = saved_model_options(ckpt["model"], ckpt.get("model_options"), ckpt["path"])
     check_values(ckpt)
+    if is_user_model(ckpt["model"]):
+        try:
+            get_model_info(ckpt["model"])
+        except ImgclsError as e:  # a class defined in a notebook: its run's program stands in for it
+            program = load_program(ckpt["path"])
+            if program is None:
+                raise ImgclsError(f"{e}; {ckpt['path']} has no {PROGRAM} program beside it to predict with instead") from None
+            return program.to(device)
+    options = saved_model_options(ckpt["model"], ckpt.get("model_options"), ckpt["path"])
     try:
         model = create_model(ckpt["model"], tuple(ckpt["in_shape"]), len(ckpt["classes"]), **options)
     except (TypeError, ValueError, RuntimeError, OverflowError, MemoryError) as e:
@@ -84,6 +94,20 @@ def load_model(ckpt: dict, device: torch.device | str = "cpu") -> nn.Module:
             f"{ckpt['path']} does not match model '{ckpt['model']}' with {len(ckpt['classes'])} classes ({str(e).splitlines()[0]}): {fix}"
         ) from None
     return model.to(device).eval()
+
+
+def load_program(checkpoint_path: str | os.PathLike) -> nn.Module | None:
+    """The TorchScript program beside a checkpoint (export.write_program), in eval mode on the CPU; None without one.
+    torch.jit.load runs no Python pickle: the program's code is TorchScript's."""
+    path = Path(checkpoint_path).with_name(Path(checkpoint_path).stem + PROGRAM)
+    if not path.is_file():
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.jit.load(str(path), map_location="cpu").eval()
+    except Exception as e:  # noqa: BLE001 - a damaged file, whatever torch raises
+        raise ImgclsError(f"cannot read {path} ({type(e).__name__}): it is damaged; export it again with `imgcls export`") from None
 
 
 def check_values(ckpt: dict) -> None:

@@ -16,6 +16,7 @@ from imgcls.data import Dataset, load_dataset
 from imgcls.data.augment import prepare
 from imgcls.data.core import Split
 from imgcls.data.registry import is_folder_spec
+from imgcls.data.user import from_python, is_python_object
 from imgcls.device import amp_dtype, autocast, pick_device, use_channels_last
 from imgcls.errors import ImgclsError
 from imgcls.files import write_text
@@ -103,18 +104,23 @@ def metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Eva
     return EvalResult(loss, accuracy, confusion_matrix(labels, predictions, num_classes).cpu(), logits)
 
 
-def checkpoint_data(ckpt: dict, spec: str | None = None, data_dir: str | None = None) -> Dataset:
-    """The data to test a checkpoint on: by default its own, with the run's saved split; another
-    dataset or folder must have the model's classes, and folders are decoded to its input shape."""
+def checkpoint_data(ckpt: dict, spec=None, data_dir: str | None = None) -> Dataset:
+    """The data to test a checkpoint on: by default its own, with the run's saved split; another dataset, folder or
+    Python dataset (imgcls.data.user) must have the model's classes, and folders are decoded to its input shape."""
     cfg = ckpt["config"]
-    # Runs store a folder's absolute path; the user may name it relatively.
-    same_data = spec is None or spec == cfg["data"] or (is_folder_spec(spec) and os.path.abspath(Path(spec).expanduser()) == cfg["data"])
-    spec = spec or cfg["data"]
-    channels, size = (None, cfg.get("image_size")) if same_data else (ckpt["in_shape"][0], ckpt["in_shape"][1])
-    data = load_dataset(
-        spec, data_dir=data_dir or cfg.get("data_dir"), seed=cfg["seed"], val_fraction=cfg["val_fraction"], channels=channels,
-        image_size=size, split_files=read_split(Path(ckpt["path"]).parent) if same_data else None,
-    )  # fmt: skip
+    if is_python_object(spec):  # the user's own data, handed over from Python: split as the run split it
+        data, spec = from_python(spec, cfg["seed"], cfg["val_fraction"], cfg.get("image_size")), "the data"
+    else:
+        # Runs store a folder's absolute path; the user may name it relatively.
+        same_data = (
+            spec is None or spec == cfg["data"] or (is_folder_spec(spec) and os.path.abspath(Path(spec).expanduser()) == cfg["data"])
+        )
+        spec = spec or cfg["data"]
+        channels, size = (None, cfg.get("image_size")) if same_data else (ckpt["in_shape"][0], ckpt["in_shape"][1])
+        data = load_dataset(
+            spec, data_dir=data_dir or cfg.get("data_dir"), seed=cfg["seed"], val_fraction=cfg["val_fraction"], channels=channels,
+            image_size=size, split_files=read_split(Path(ckpt["path"]).parent) if same_data else None,
+        )  # fmt: skip
     if list(data.classes) != ckpt["classes"]:
         raise ImgclsError(
             f"the model knows {len(ckpt['classes'])} classes ({', '.join(ckpt['classes'][:5])}...), {spec} has {data.num_classes} "
@@ -128,7 +134,7 @@ def checkpoint_data(ckpt: dict, spec: str | None = None, data_dir: str | None = 
 
 def evaluate_checkpoint(
     path: str | Path,
-    spec: str | None = None,
+    spec=None,
     data_dir: str | None = None,
     split: str = "test",
     device: str = "auto",
@@ -141,7 +147,11 @@ def evaluate_checkpoint(
     mean, std = normalisation(ckpt, where)
     # Evaluate as the run did (TTA, precision, memory format), so the figures match its summary.json exactly.
     cfg = ckpt["config"]
-    channels_last = use_channels_last(where, get_model_info(ckpt["model"]).convolutional)
+    try:
+        convolutional = get_model_info(ckpt["model"]).convolutional
+    except ImgclsError:  # a user's class that cannot be imported here: its TorchScript program stands in (load_model)
+        convolutional = False
+    channels_last = use_channels_last(where, convolutional)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     settings = dict(
@@ -179,3 +189,46 @@ def write_confusion_csv(confusion: torch.Tensor, classes: list[str], path: str |
     for name, row in zip(classes, confusion.tolist()):
         writer.writerow([name, *row])
     write_text(Path(path), buf.getvalue())  # atomically, like every file of a run: a full disk is one line, not half a file
+
+
+@dataclass
+class Evaluation:
+    """A run's model tested on one split (imgcls.evaluate): the figures, and the files written."""
+
+    data: str  # what it was tested on: the dataset's name or folder, as in evaluation_SPLIT.json
+    name: str  # the dataset's short name
+    split: str
+    images: int
+    loss: float
+    accuracy: float
+    per_class_accuracy: dict[str, float | None]
+    confusion: torch.Tensor = field(repr=False)
+    classes: list[str] = field(repr=False)
+    files: list[Path] = field(default_factory=list)
+
+
+def evaluate_run(
+    run: str | Path, data=None, data_dir: str | None = None, split: str = "test", device: str = "auto", batch_size: int | None = None,
+    out: str | Path | None = None,
+) -> Evaluation:  # fmt: skip
+    """Test a run's best.pt (or a .pt file) on a split of its own data, or of `data`; write confusion_matrix_SPLIT.csv and
+    evaluation_SPLIT.json into `out` (the run folder by default)."""
+    from imgcls.files import write_json
+
+    if split not in ("test", "val", "train"):
+        raise ImgclsError(f"unknown split '{split}': choose test, val or train")
+    ckpt, dataset, result = evaluate_checkpoint(run, data, data_dir, split, device, batch_size)
+    per_class = result.per_class_accuracy(dataset.classes)
+    name = data if isinstance(data, str) else ckpt["config"]["data"] if data is None else dataset.name
+    found = Evaluation(name, dataset.name, split, int(result.confusion.sum()), result.loss, result.accuracy, per_class,
+                       result.confusion, dataset.classes)  # fmt: skip
+    folder = Path(out) if out is not None else Path(ckpt["path"]).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    csv_path, json_path = folder / f"confusion_matrix_{split}.csv", folder / f"evaluation_{split}.json"
+    write_confusion_csv(result.confusion, dataset.classes, csv_path)
+    write_json(json_path, {
+        "checkpoint": ckpt["path"], "data": name, "split": split, "images": found.images, "loss": found.loss, "accuracy": found.accuracy,
+        "per_class_accuracy": per_class,
+    })  # fmt: skip
+    found.files = [csv_path, json_path]
+    return found

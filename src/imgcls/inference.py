@@ -21,7 +21,7 @@ from imgcls.data.images import ImageReadError, load_image, read_image
 from imgcls.device import pick_device
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import tta_views
-from imgcls.export import exported_path, onnx_session, read_metadata
+from imgcls.exporter import exported_path, onnx_session, read_metadata
 
 BACKENDS = ("torch", "onnx")
 
@@ -99,6 +99,23 @@ class Predictor:
             out.append(logits.softmax(1).cpu())
         return torch.cat(out) if out else torch.empty(0, len(self.classes))
 
+    def predict(self, inputs, top_k: int = 1, batch_size: int = 256) -> list["Prediction"]:
+        """The model's answer for each input: image file paths, folders (their images, recursively), PIL images, uint8
+        arrays (H x W, H x W x C, or a batch N x H x W x C or N x H x W) or tensors (C x H x W, or a batch N x C x H x W or
+        N x H x W; floats in [0, 1]), one of them or a list.
+        Each image is preprocessed as training's were. A file that cannot be read is one Prediction with its `error`."""
+        if not isinstance(top_k, int) or top_k < 1:
+            raise ImgclsError(f"top_k must be a positive integer, got {top_k!r}")
+        out = []
+        for kind, items in _grouped(inputs):
+            if kind == "files":
+                for r in predict_files(self, collect_files([str(f) for f in items]), batch_size):
+                    out.append(Prediction.of(self, r.probs, top_k, r.file, r.error))
+                continue
+            pixels = np.stack([self.preprocess(image) for image in items])
+            out += [Prediction.of(self, probs, top_k) for probs in self.probabilities(pixels, batch_size)]
+        return out
+
     def top(self, probs: torch.Tensor, k: int) -> list[list[dict]]:
         """The k most likely classes of each row: [{'label': ..., 'probability': ...}, ...], best first."""
         values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
@@ -106,6 +123,62 @@ class Predictor:
             [{"label": self.classes[i], "probability": p} for p, i in zip(row_p, row_i)]
             for row_p, row_i in zip(values.tolist(), indices.tolist())
         ]
+
+
+@dataclass
+class Prediction:
+    """One image's answer: the most likely class and its probability, the `top` classes with theirs (best first),
+    and the file it came from, where there is one; `error` instead for a file that could not be read."""
+
+    label: str | None
+    probability: float | None
+    top: list[tuple[str, float]]
+    path: Path | None = None
+    error: str | None = None
+
+    @classmethod
+    def of(cls, predictor: "Predictor", probs: torch.Tensor | None, k: int, path: Path | None = None, error: str | None = None):
+        if probs is None:
+            return cls(None, None, [], path, error)
+        top = [(row["label"], row["probability"]) for row in predictor.top(probs[None], k)[0]]
+        return cls(top[0][0], top[0][1], top, path)
+
+
+def _grouped(inputs) -> list[tuple[str, list]]:
+    """Inputs as runs of ("files", paths) and ("images", PIL images): one input, a list of them, or a batch array."""
+    if isinstance(inputs, (np.ndarray, torch.Tensor)):
+        channels = inputs.shape[0] if isinstance(inputs, torch.Tensor) else inputs.shape[-1]  # C x H x W tensors, H x W x C arrays
+        batch = inputs.ndim == 4 or (inputs.ndim == 3 and channels not in (1, 3, 4))  # N x C x H x W, N x H x W x C; N x H x W
+        inputs = list(inputs) if batch else [inputs]
+    elif isinstance(inputs, (str, os.PathLike, Image.Image)):
+        inputs = [inputs]
+    groups: list[tuple[str, list]] = []
+    for item in inputs:
+        kind = "files" if isinstance(item, (str, os.PathLike)) else "images"
+        image = item if kind == "files" else _as_image(item)
+        if groups and groups[-1][0] == kind:
+            groups[-1][1].append(image)
+        else:
+            groups.append((kind, [image]))
+    return groups
+
+
+def _as_image(item) -> Image.Image:
+    """A PIL image of an array or tensor input (H x W x C arrays, C x H x W tensors; floats in [0, 1])."""
+    if isinstance(item, Image.Image):
+        return item
+    if isinstance(item, torch.Tensor):
+        item = item.detach().cpu()
+        item = (item * 255).round().clamp(0, 255).to(torch.uint8) if item.is_floating_point() else item
+        item = item.numpy()
+        item = item if item.ndim == 2 else item.transpose(1, 2, 0)
+    if not isinstance(item, np.ndarray):
+        raise ImgclsError(f"cannot predict a {type(item).__name__}: pass paths, folders, PIL images, arrays or tensors")
+    if item.dtype != np.uint8:
+        raise ImgclsError(f"an array image must be uint8 (0-255), got {item.dtype}")
+    if not (item.ndim == 2 or (item.ndim == 3 and item.shape[2] in (1, 3, 4))):
+        raise ImgclsError(f"an image of shape {item.shape}: give H x W or H x W x C arrays, C x H x W tensors")
+    return Image.fromarray(item[..., 0] if item.ndim == 3 and item.shape[2] == 1 else item)
 
 
 IMAGE_SUFFIXES = {ext for ext, fmt in Image.registered_extensions().items() if fmt in Image.OPEN}

@@ -33,6 +33,19 @@ def signal_name(signum: int) -> str:
     return signal.Signals(signum).name
 
 
+class Interrupted(Exception):
+    """Training stopped on request (Ctrl-C, SIGTERM, SIGHUP, a callback); last.pt holds the exact position to resume from.
+    `signum` is the signal's number, or the callback's reason."""
+
+    def __init__(self, run_dir, signum: int | str = signal.SIGINT):
+        super().__init__(str(run_dir))
+        self.run_dir, self.signum = run_dir, signum
+
+    @property
+    def why(self) -> str:
+        return signal.Signals(self.signum).name if isinstance(self.signum, int) else self.signum
+
+
 class CtrlC:
     """While active, the first Ctrl-C (or other signal in `signals`) sets `pressed` and `signum` and calls
     `on_press(signum)`; a second one acts as it would without this: Ctrl-C interrupts at once, SIGTERM ends the process.

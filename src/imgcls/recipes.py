@@ -16,7 +16,7 @@ from imgcls.errors import ImgclsError
 from imgcls.models.recurrent import CELLS
 
 MAX_EPOCHS = 100
-MUON_LR = 0.24  # --optimizer muon's filters: airbench94_muon's, for filters held at unit norm (imgcls.optim)
+MUON_LR = 0.24  # --optimizer muon's filters: airbench94_muon's, for filters held at unit norm (imgcls.training.optim)
 PRETRAINED_BACKBONE = "resnet18"  # what photos are fine-tuned from when its ImageNet weights can be had
 
 

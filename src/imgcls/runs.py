@@ -85,3 +85,99 @@ def read_metrics(path: Path) -> list[dict]:
         return []
     with open(path, newline="") as f:
         return [{k: (int(v) if k == "epoch" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+class Run:
+    """A run folder as an object (what imgcls.train returns; `Run.open(path)` for an existing one): its files read
+    when asked for, so it shows the run as it is on disk."""
+
+    def __init__(self, path: str | os.PathLike, interrupted=None, summary: dict | None = None):
+        self.dir = Path(path)
+        self.interrupted = interrupted  # imgcls.interrupt.Interrupted when it stopped early (Ctrl-C, a callback): resumable
+        self._summary = summary  # what training returned: the summary of a process that writes no files (a torchrun rank)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "Run":
+        path = Path(path).expanduser()
+        if not (path / "config.json").is_file():
+            raise ImgclsError(f"{path} is not a run folder (no config.json): pass a folder made by `imgcls train` or imgcls.train")
+        return cls(path)
+
+    @property
+    def summary(self) -> dict:
+        """summary.json: test accuracy and loss, best epoch, seconds, ...; {} until the run has finished."""
+        path = self.dir / "summary.json"
+        return read_json(path) if path.is_file() else dict(self._summary or {})
+
+    @property
+    def history(self) -> list[dict]:
+        """One dict per epoch, as metrics.csv."""
+        return read_metrics(self.dir / "metrics.csv")
+
+    @property
+    def config(self) -> dict:
+        """config.json: every setting, the recipe's defaults filled in."""
+        return read_json(self.dir / "config.json")
+
+    @property
+    def finished(self) -> bool:
+        return (self.dir / "summary.json").is_file()
+
+    def predictor(self, device: str | None = None):
+        """The run's best model, ready to predict (imgcls.load)."""
+        from imgcls.inference import Predictor
+
+        return Predictor.open(self.dir, device=device or "auto")
+
+    def plot(self) -> dict:
+        """Matplotlib figures of the run: "curves" (loss and accuracy per epoch) and, once it has finished,
+        "confusion_matrix" (of the test set)."""
+        from imgcls.report import plots
+
+        figures = {"curves": plots.curves_figure(self.history)}
+        confusion = self.dir / "confusion_matrix.csv"
+        if confusion.is_file():
+            classes, counts = read_confusion_csv(confusion)
+            figures["confusion_matrix"] = plots.confusion_figure(counts, classes)
+        return figures
+
+    def __repr__(self) -> str:
+        summary = self.summary
+        state = (
+            f"test accuracy {summary['test_accuracy']:.2%}"
+            if summary
+            else f"stopped ({self.interrupted.why})"
+            if self.interrupted
+            else "unfinished"
+        )
+        return f"Run('{self.dir}', {state})"
+
+    def _repr_html_(self) -> str:
+        """A notebook shows the run's headline figures and its curves."""
+        from imgcls.report.html import escape, image_tag
+
+        summary = self.summary
+        facts = [("run", str(self.dir))]
+        if summary:
+            facts += [
+                ("test accuracy", f"{summary['test_accuracy']:.2%}"), ("best val accuracy", f"{summary['best_val_accuracy']:.2%}"),
+                ("best epoch", f"{summary['best_epoch']} of {summary['epochs_run']}"), ("training", f"{summary['train_seconds']:.1f} s"),
+                ("model", f"{summary['model']}, {summary['num_params']:,} parameters"),
+            ]  # fmt: skip
+        else:
+            facts.append(
+                ("state", f"stopped ({self.interrupted.why}): imgcls.resume(run) continues it" if self.interrupted else "unfinished")
+            )
+        rows = "".join(f"<tr><th style='text-align:left'>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in facts)
+        curves = self.dir / "curves.png"
+        return f"<table>{rows}</table>" + (image_tag(curves, "training curves") if curves.is_file() else "")
+
+
+def read_confusion_csv(path: Path):
+    """confusion_matrix.csv back: the class names and the K x K counts (rows true, columns predicted)."""
+    import torch
+
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    classes = rows[0][1:]
+    return classes, torch.tensor([[int(v) for v in row[1:]] for row in rows[1:]])

@@ -6,6 +6,7 @@ distribution from the prior N(0, I) for a VAE. metrics.csv records the error per
 Each epoch's order and a VAE's noise are seeded by (seed, epoch), so a run resumed from last.pt replays the epochs it missed.
 """
 
+import logging
 import math
 import os
 import time
@@ -22,13 +23,16 @@ from imgcls.data.augment import denormalize, prepare
 from imgcls.data.core import Dataset
 from imgcls.data.registry import is_folder_spec
 from imgcls.device import amp_dtype, autocast, pick_device, use_channels_last
-from imgcls.engine import DEVICE_DATA_LIMIT, Interrupted, batches_per_epoch, load_run_data
 from imgcls.errors import ImgclsError
 from imgcls.files import read_json, write_json
-from imgcls.interrupt import STOP_SIGNALS, CtrlC
+from imgcls.interrupt import STOP_SIGNALS, CtrlC, Interrupted
 from imgcls.models import num_params
 from imgcls.recipes import epochs_for
 from imgcls.runs import lock_run, new_run_dir, read_split, write_rows
+from imgcls.training.run import load_run_data
+from imgcls.training.trainer import DEVICE_DATA_LIMIT, batches_per_epoch
+
+LOG = logging.getLogger(__name__)
 
 FORMAT = "imgcls-autoencoder-v1"
 CLASSIFIER = "aenet"  # the classifier that `imgcls train --weights RUN` builds from a run's checkpoint: its encoder + a head
@@ -259,7 +263,7 @@ class Run:
         with CtrlC(on_press=stop, signals=STOP_SIGNALS):
             while self.epoch < self.cfg.epochs:
                 row = self.end_epoch(self.train_epoch())
-                print(format_epoch(row, self.cfg), flush=True)
+                LOG.info(format_epoch(row, self.cfg))
         return self.finish()
 
     def finish(self) -> dict:
@@ -365,7 +369,7 @@ def train(cfg: AEConfig, out: str | Path | None = None) -> tuple[Path, dict]:
         write_json(run_dir / "config.json", cfg.to_dict())
         if data.split_files is not None:
             write_json(run_dir / "split.json", data.split_files)
-        print(f"run {run_dir}\n{describe(run)}", flush=True)
+        LOG.info(f"run {run_dir}\n{describe(run)}")
         return run_dir, run.fit()
 
 
@@ -387,7 +391,7 @@ def resume(run: str | Path, device: str | None = None, data_dir: str | None = No
         if ckpt is not None:
             run.load_last(ckpt)
         where = f"resuming at epoch {run.epoch + 1}/{cfg.epochs}" if ckpt else "no epoch had finished, starting over"
-        print(f"run {run_dir}: {where if run.epoch < cfg.epochs else 'finished, re-testing'}\n{describe(run)}", flush=True)
+        LOG.info(f"run {run_dir}: {where if run.epoch < cfg.epochs else 'finished, re-testing'}\n{describe(run)}")
         return run_dir, run.fit()
 
 

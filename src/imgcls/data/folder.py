@@ -2,6 +2,7 @@
 
 import contextlib
 import ctypes
+import logging
 import multiprocessing
 import os
 import signal
@@ -16,7 +17,6 @@ from typing import NamedTuple, TypeVar
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from imgcls.data import mapped
 from imgcls.data.core import Dataset, Split, channel_stats, stratified_split
@@ -24,6 +24,9 @@ from imgcls.data.images import ImageReadError, is_grey, peek, read_image
 from imgcls.errors import ImgclsError
 from imgcls.files import WriteFailed, printable
 from imgcls.interrupt import STOP_SIGNALS, CtrlC, during, stopped
+from imgcls.progress import progress_bar
+
+LOG = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 FLAT_FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
@@ -63,7 +66,7 @@ def _files(root: Path, folder: Path) -> list[tuple[str, int, int]]:
         try:
             entries = list(os.scandir(path))
         except OSError as e:
-            print(f"skipping {prefix}/: cannot list it ({e.strerror or e})", file=sys.stderr)
+            LOG.warning(f"skipping {prefix}/: cannot list it ({e.strerror or e})")
             continue
         for e in entries:
             if e.name.startswith("."):
@@ -71,7 +74,7 @@ def _files(root: Path, folder: Path) -> list[tuple[str, int, int]]:
             try:
                 if e.is_dir():
                     if _identity(e.path) in seen:
-                        print(f"skipping {prefix}/{e.name}: a link to a folder already scanned (a loop?)", file=sys.stderr)
+                        LOG.warning(f"skipping {prefix}/{e.name}: a link to a folder already scanned (a loop?)")
                         continue
                     seen.add(_identity(e.path))
                     pending.append((e.path, f"{prefix}/{e.name}"))
@@ -79,7 +82,7 @@ def _files(root: Path, folder: Path) -> list[tuple[str, int, int]]:
                     st = e.stat()
                     found.append((f"{prefix}/{e.name}", st.st_size, st.st_mtime_ns))
             except OSError as err:  # a link loop onto itself, a file removed while scanning
-                print(f"skipping {prefix}/{e.name}: {err.strerror or err}", file=sys.stderr)
+                LOG.warning(f"skipping {prefix}/{e.name}: {err.strerror or err}")
     return sorted(found)
 
 
@@ -137,7 +140,7 @@ def _warn_small_classes(classes: list[str], index: dict[str, torch.Tensor], labe
         missing = sorted(set(range(len(classes))) - set(labels[index[s]].tolist()))
         if missing:
             names, them = ", ".join(classes[i] for i in missing), "them" if len(missing) > 1 else "it"
-            print(f"warning: too few images to put any of {names} in {s}: {s} accuracy leaves {them} out; add images", file=sys.stderr)
+            LOG.warning(f"warning: too few images to put any of {names} in {s}: {s} accuracy leaves {them} out; add images")
 
 
 def _pool(workers: int):
@@ -169,9 +172,7 @@ def _map_chunks(fn, chunks: list[list[str]], desc: str) -> Iterator:
     A stop signal (Ctrl-C, SIGTERM, SIGHUP) is taken once the chunk in hand is done, and the pool is shut down before
     it is raised, so no worker outlives the pass."""
     workers = min(8, os.cpu_count() or 1, len(chunks))
-    with tqdm(
-        total=sum(map(len, chunks)), desc=desc, unit="img", file=sys.stderr, disable=None if len(chunks) > 8 else True, leave=False
-    ) as bar:
+    with progress_bar(total=sum(map(len, chunks)), desc=desc, unit="img", **({} if len(chunks) > 8 else {"disable": True})) as bar:
         if workers <= 1:
             for chunk in chunks:
                 yield fn(chunk)
@@ -240,7 +241,7 @@ def _target_size(root: Path, sizes: Counter, image_size: int | None, default_siz
         return next(iter(sizes))
     h, w = sizes.most_common(1)[0][0]
     why = f"have {len(sizes)} different sizes" if len(sizes) > 1 else f"are {w}x{h}, large to hold in memory"
-    print(f"images in {root} {why}: resizing to {default_size}x{default_size} (set --image-size)", file=sys.stderr)
+    LOG.warning(f"images in {root} {why}: resizing to {default_size}x{default_size} (set --image-size)")
     return default_size, default_size
 
 
@@ -306,7 +307,7 @@ def decode_cached(root: Path, rels: list[str], key: str, channels: int | None, i
         try:
             return _found(root, mapped.save(key, decoded_rows(root, p), (p.channels, *p.size), len(p.names), meta))
         except WriteFailed as e:  # a cache is an optimisation: without it the next run decodes again
-            print(f"could not cache the decoded images, going on without: {e} (or set IMGCLS_CACHE to another folder)", file=sys.stderr)
+            LOG.warning(f"could not cache the decoded images, going on without: {e} (or set IMGCLS_CACHE to another folder)")
             return decode(root, rels, channels, image_size, default_size)
 
 

@@ -620,7 +620,7 @@ def label_issues(probs: torch.Tensor, labels: torch.Tensor) -> LabelIssues:
 
 
 class CrossValidated(NamedTuple):
-    """Likely label errors of every image, from the predictions of models that did not train on it (imgcls.crossval)."""
+    """Likely label errors of every image, from the predictions of models that did not train on it (imgcls.training.crossval)."""
 
     issues: LabelIssues  # index: into the dataset's images, train then val then test
     folds: int
@@ -646,6 +646,8 @@ class Health:
     files_checked: bool  # headers read (a folder), or pixels only (a named dataset)
     seconds: dict[str, float] = field(default_factory=dict)
     label_errors: CrossValidated | None = None  # when asked for (--label-errors)
+    out: Path | None = None  # where its findings were written (imgcls.check_data)
+    written: list[str] = field(default_factory=list)  # the pictures written there
 
     def counts(self) -> dict[str, list[int]]:
         return class_counts(self.items, len(self.classes))

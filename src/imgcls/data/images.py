@@ -17,9 +17,10 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageOps
 
+from imgcls.options import MAX_PIXELS  # a small file can declare a huge image: refused from its header, before any pixel is decoded
+
 GREY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 DEEP_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N", "F"}  # 16/32-bit integer and float pixels
-MAX_PIXELS = 50_000_000  # a small file can declare a huge image: refused from its header, before any pixel is decoded
 BAND_PIXELS = 1 << 20  # deep pixels are scaled to 8-bit this many at a time, so the float temporaries stay a few MB
 
 # Pillow logs some hostile files' faults ("More samples per pixel than can be decoded") before raising; the exception

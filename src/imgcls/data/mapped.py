@@ -17,8 +17,8 @@ after a write that was not yet on disk) is decoded again instead of trained on.
 import contextlib
 import hashlib
 import json
+import logging
 import os
-import sys
 import warnings
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -30,6 +30,8 @@ import torch
 
 from imgcls.files import WriteFailed, atomic_write, locked_file, printable, remove_stale_temporaries, temporary_name
 from imgcls.paths import cache_dir
+
+LOG = logging.getLogger(__name__)
 
 VERSION = 4  # 4: with a checksum of the data (3: raw memory-mapped rows; 2: a torch.save'd tensor, read whole)
 COPY_BYTES = 64 << 20  # rows are rearranged this many bytes at a time, so it takes no more memory than that
@@ -61,7 +63,7 @@ def locked(key: str, what: str) -> Iterator[None]:
     are atomic anyway, so the worst case is decoding twice."""
 
     def waiting(_) -> None:
-        print(f"waiting for another imgcls process to finish decoding {printable(what)}", file=sys.stderr)
+        LOG.warning(f"waiting for another imgcls process to finish decoding {printable(what)}")
 
     with contextlib.ExitStack() as stack:
         try:
@@ -96,10 +98,7 @@ def load(key: str, what: str = "") -> Stored | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not intact:
-        print(
-            f"the cached decode of {printable(what or key)} in {cache_dir()} is damaged (its checksum differs): decoding it again",
-            file=sys.stderr,
-        )
+        LOG.warning(f"the cached decode of {printable(what or key)} in {cache_dir()} is damaged (its checksum differs): decoding it again")
         return None
     return Stored(images, ids, meta, key)
 
@@ -211,7 +210,7 @@ def arrange(stored: Stored, parts: dict[str, list]) -> dict[str, torch.Tensor]:
             try:
                 _rewrite(stored, order, rows)
             except WriteFailed as e:
-                print(f"{e}: going on with the splits copied into memory (or set IMGCLS_CACHE to another folder)", file=sys.stderr)
+                LOG.warning(f"{e}: going on with the splits copied into memory (or set IMGCLS_CACHE to another folder)")
                 stored.images, stored.mapped = stored.images[rows], False
         else:
             stored.images = stored.images[rows]

@@ -1,6 +1,6 @@
 """The dataset registry: named datasets, plus any image folder given as a path."""
 
-import sys
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +13,8 @@ from imgcls.data.core import Dataset, Split, hold_out_index
 from imgcls.errors import ImgclsError
 from imgcls.files import WriteFailed
 from imgcls.paths import data_dir as resolve_data_dir
+
+LOG = logging.getLogger(__name__)
 
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -48,8 +50,17 @@ def register_dataset(name: str, description: str, files: Callable[[Path], list[P
     return wrap
 
 
+PYTHON = "python:"  # a run's data that a Python caller handed over (imgcls.data.user): python:<its name>
+
+
 def is_folder_spec(spec: str) -> bool:
-    return spec not in DATASETS and ("/" in spec or "\\" in spec or spec.startswith(".") or Path(spec).exists())
+    return (
+        spec not in DATASETS and not is_python_data(spec) and ("/" in spec or "\\" in spec or spec.startswith(".") or Path(spec).exists())
+    )
+
+
+def is_python_data(spec: str) -> bool:
+    return spec.startswith(PYTHON)
 
 
 def load_dataset(
@@ -71,6 +82,11 @@ def load_dataset(
     """
     if spec in DATASETS:
         return load_named(DATASETS[spec], resolve_data_dir(data_dir), seed, val_fraction)
+    if is_python_data(spec):
+        raise ImgclsError(
+            f"the run trained on a Python dataset ({spec.removeprefix(PYTHON)}), which only Python can hand over: pass it "
+            "again, as in imgcls.resume(run, data=...) or imgcls.evaluate(run, data=...)"
+        )
     if is_folder_spec(spec):
         from imgcls.data.folder import load_folder
 
@@ -83,7 +99,9 @@ def load_dataset(
 
 def dataset_name(spec: str) -> str:
     """Short name for run folders: the registry name, or the folder's own name."""
-    return spec if spec in DATASETS else (Path(spec).resolve().name or "folder")
+    if spec in DATASETS or is_python_data(spec):
+        return spec.removeprefix(PYTHON)
+    return Path(spec).resolve().name or "folder"
 
 
 def _named_key(info: DatasetInfo, root: Path) -> str | None:
@@ -113,7 +131,7 @@ def _stored(info: DatasetInfo, root: Path) -> mapped.Stored:
         if key is not None:
             return mapped.save(key, rows, shape, len(labels), meta)
     except WriteFailed as e:
-        print(f"could not cache {info.name}, going on without: {e} (or set IMGCLS_CACHE to another folder)", file=sys.stderr)
+        LOG.warning(f"could not cache {info.name}, going on without: {e} (or set IMGCLS_CACHE to another folder)")
     return mapped.in_memory(rows, shape, meta)
 
 

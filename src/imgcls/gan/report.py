@@ -158,3 +158,28 @@ def write_report(run_dir: Path, trainer, summary: dict) -> Path:
     path = run_dir / "report.html"
     write_text(path, page)
     return path
+
+
+def draw(run: str | Path, n: int, out: str | Path, class_name: str | None = None, seed: int = 0, judge_run: str | None = None,
+         device: str = "auto") -> tuple[str, dict | None]:  # fmt: skip
+    """`imgcls generate`: n images of a GAN run's generator in one grid PNG (a column per class when conditional, or
+    of `class_name` alone), judged by an imgcls classifier run when given. Returns what was drawn, said in words,
+    and the judge's verdict (or None)."""
+    import math
+
+    from imgcls.device import pick_device
+    from imgcls.gan.sample import generate, labels_for, load_generator, noise
+
+    where = pick_device(device)
+    G, ckpt = load_generator(run, where)
+    labels = labels_for(n, ckpt, class_name)
+    judged = open_judge(judge_run, device) if judge_run else None
+    if judged is not None:
+        if labels is None:
+            raise ImgclsError("--judge measures per-class accuracy, which needs a class-conditional generator: drop --judge")
+        check_judge(judged, ckpt["classes"], ckpt["shape"])
+    images = generate(G, noise(n, ckpt["z_dim"], seed), labels, where)
+    conditional_grid = labels is not None and class_name is None
+    save_grid(images, out, len(ckpt["classes"]) if conditional_grid else math.ceil(math.sqrt(n)))
+    what = f"of class {class_name}" if class_name else "a column per class" if conditional_grid else ""
+    return f"{n} generated images {what}".rstrip(), judge(judged, images, labels, ckpt["classes"]) if judged is not None else None

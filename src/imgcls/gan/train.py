@@ -9,8 +9,8 @@ asked for, the class signal that made short runs recognisable (bench/RESULTS.md)
 saved is an EMA of its weights.
 """
 
+import logging
 import math
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,20 +18,22 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from imgcls.averaging import WeightAverage
 from imgcls.checkpoint import atomic_save
 from imgcls.data import dataset_name, load_dataset
 from imgcls.data.augment import random_flip
 from imgcls.data.core import Dataset
 from imgcls.device import amp_dtype, autocast, pick_device
-from imgcls.engine import Interrupted, batches_per_epoch
 from imgcls.errors import ImgclsError
 from imgcls.files import write_json
 from imgcls.gan.models import MAX_SIDE, Discriminator, Generator
 from imgcls.gan.sample import FORMAT, class_labels, generate
-from imgcls.interrupt import STOP_SIGNALS, CtrlC
+from imgcls.interrupt import STOP_SIGNALS, CtrlC, Interrupted
 from imgcls.models import num_params
 from imgcls.runs import lock_run, new_run_dir, write_rows
+from imgcls.training.averaging import WeightAverage
+from imgcls.training.trainer import batches_per_epoch
+
+LOG = logging.getLogger(__name__)
 
 LOSS_COLUMNS = ["step", "epoch", "d_loss", "g_loss", "d_real", "d_fake", "d_class", "g_class"]
 GRID_PER_CLASS = 8  # fixed-noise images per class in each epoch's grid (64 in all without classes)
@@ -203,10 +205,9 @@ class GanTrainer:
                 save_grid(self.fixed_samples(), self.run_dir / "samples" / f"epoch_{epoch + 1:03d}.png", GRID_PER_CLASS)
                 self.save()
                 last = self.rows[-1]
-                print(
+                LOG.info(
                     f"epoch {epoch + 1}/{self.epochs}  step {self.step}/{self.total_steps}  D loss {last['d_loss']:.3f} "
-                    f"G loss {last['g_loss']:.3f}  D(real) {last['d_real']:+.2f} D(fake) {last['d_fake']:+.2f}  {self.seconds:.1f}s",
-                    flush=True,
+                    f"G loss {last['g_loss']:.3f}  D(real) {last['d_real']:+.2f} D(fake) {last['d_fake']:+.2f}  {self.seconds:.1f}s"
                 )
                 if self.stop_signal is not None:
                     raise Interrupted(self.run_dir, self.stop_signal)
@@ -235,18 +236,17 @@ def train_gan(cfg: GanConfig, out: Path | None = None, judge: str | None = None,
         trainer = GanTrainer(cfg, data, run_dir)
         write_json(run_dir / "config.json", asdict(cfg))
         kind = f"conditional on {data.num_classes} classes" if trainer.num_classes else "unconditional"
-        print(
+        LOG.info(
             f"run {run_dir}\ndata {data.name}: {len(trainer.labels):,} training images, {'x'.join(map(str, data.shape))}, {kind}\n"
             f"GAN: generator {num_params(trainer.G):,} params, discriminator {num_params(trainer.D):,} (spectral norm), hinge loss"
             f"{' + auxiliary classifier' if trainer.num_classes else ''}, "
             f"Adam lr {cfg.lr:g}, batch {cfg.batch_size}, {trainer.total_steps} steps ({trainer.epochs} epoch{'s' * (trainer.epochs != 1)}), "
-            f"EMA {cfg.ema:g}, on {trainer.device}{' (AMP ' + str(trainer.amp).removeprefix('torch.') + ')' if trainer.amp else ''}",
-            flush=True,
+            f"EMA {cfg.ema:g}, on {trainer.device}{' (AMP ' + str(trainer.amp).removeprefix('torch.') + ')' if trainer.amp else ''}"
         )
         summary = trainer.fit()
         summary["judge"] = report.judge_run(trainer, judge_predictor, judge_images) if judge_predictor else None
         write_json(run_dir / "summary.json", summary)
         report.write_report(run_dir, trainer, summary)
     if summary["judge"]:
-        print(report.format_judge(summary["judge"]), file=sys.stdout)
+        LOG.info(report.format_judge(summary["judge"]))
     return run_dir, summary

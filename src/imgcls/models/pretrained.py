@@ -4,7 +4,7 @@ Each family of models says where its weights live (torchvision: torch.hub's cach
 giving a Source; the decision to use them, and the one line or error when they cannot be had, is the same for all.
 """
 
-import sys
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -14,6 +14,8 @@ from imgcls.errors import ImgclsError
 from imgcls.models.registry import get_model_info
 from imgcls.models.weights import Weights
 from imgcls.paths import offline
+
+LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -67,7 +69,7 @@ def pretrained_weights(
         )
         if pretrained == "on":
             raise ImgclsError(f"{problem}, or use --pretrained auto to train from scratch") from None
-        print(f"imgcls: {problem}; training from scratch instead", file=sys.stderr)
+        LOG.warning(f"imgcls: {problem}; training from scratch instead")
         return None, "off"
     return Weights(src.where, state_dict, model), "on"
 

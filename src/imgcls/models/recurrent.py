@@ -11,8 +11,8 @@ import torch.nn as nn
 
 from imgcls.errors import ImgclsError
 from imgcls.models.registry import register_model
+from imgcls.options import POOLS
 
-POOLS = ("last", "mean", "max")
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
 
 

@@ -36,3 +36,28 @@ def summarize(model: nn.Module, in_shape: tuple[int, int, int]) -> str:
         f"input {'x'.join(map(str, in_shape))}, total params {total:,} ({total * 4 / 2**20:.2f} MiB as float32)",
     ]
     return "\n".join(lines)
+
+
+def table() -> str:
+    """The built-in models with their parameter counts on MNIST-shaped and CIFAR-shaped inputs (10 classes)."""
+    from imgcls.models.registry import MODELS, create_model
+
+    width = max(len(n) for n in MODELS)
+    lines = [f"{'model':<{width}}  {'1x28x28':>11}  {'3x32x32':>11}  description"]
+    for name, info in MODELS.items():
+        counts = [f"{num_params(create_model(name, s, 10)):>11,}" for s in ((1, 28, 28), (3, 32, 32))]
+        lines.append(f"{name:<{width}}  {counts[0]}  {counts[1]}  {info.description}")
+    return "\n".join(lines)
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    """C,H,W as typed (`--input 3,32,32`); one line for anything else."""
+    from imgcls.errors import ImgclsError
+
+    try:
+        shape = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        shape = ()
+    if len(shape) != 3 or min(shape) < 1:
+        raise ImgclsError(f"--input must be C,H,W sizes of at least 1, such as 3,32,32, got '{text}'")
+    return shape

@@ -166,3 +166,10 @@ def listing(pretrained_only: bool) -> list[str]:
         if src is not None and src.cached():
             lines.append(f"{PREFIX + name:<22}  {FILE:<45}  cached")
     return lines
+
+
+def hub_cache() -> str:
+    """The Hugging Face cache folder timm's weights are looked for in."""
+    from huggingface_hub import constants
+
+    return constants.HF_HUB_CACHE

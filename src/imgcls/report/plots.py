@@ -252,6 +252,13 @@ def plot_predictions(images: torch.Tensor, probs: torch.Tensor, classes: Sequenc
     save(predictions_figure(images, probs, classes, titles, top_k), path)
 
 
+def plot_file_predictions(results, classes: Sequence[str], path, top_k: int = 5) -> None:
+    """plot_predictions of the files `imgcls predict` kept the images of (inference.FileResult), titled by file name."""
+    shown = [r for r in results if r.image is not None]
+    images, probs = torch.from_numpy(np.stack([r.image for r in shown])), torch.stack([r.probs for r in shown])
+    plot_predictions(images, probs, classes, path, titles=[r.file.name for r in shown], top_k=top_k)
+
+
 # --- dataset preview -----------------------------------------------------------------------------------
 
 PREVIEW_ROWS = 25  # classes per column block of the preview

@@ -2,13 +2,15 @@
 
 Nothing here imports FastAPI at module level, so the rest of imgcls starts fast without it."""
 
+import logging
 import socket
-import sys
 from pathlib import Path
 
 from imgcls.errors import ImgclsError, missing_extra
 from imgcls.inference import Predictor
 from imgcls.interrupt import STOP_SIGNALS, CtrlC, during, stopped
+
+LOG = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 10 * 2**20
 
@@ -44,13 +46,12 @@ def serve(
             pass
     except OSError as e:
         raise ImgclsError(f"cannot listen on {host}:{port} ({e.strerror or e}): pick another --port or --host") from None
-    print(
+    LOG.info(
         f"serving {predictor.source} ({predictor.name}, {len(predictor.classes)} classes, {predictor.backend}) "
-        f"at http://{host}:{port}/ - Ctrl-C stops",
-        flush=True,
+        f"at http://{host}:{port}/ - Ctrl-C stops"
     )
     if host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"warning: --host {host} makes the server reachable from other machines", file=sys.stderr)
+        LOG.warning(f"warning: --host {host} makes the server reachable from other machines")
     config = uvicorn.Config(app, host=host, port=port, log_level="info" if access_log else "warning", access_log=access_log,
                             http=with_head_timeout(upload_timeout))  # fmt: skip
     server = _server_class(uvicorn.Server)(config)

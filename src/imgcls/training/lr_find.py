@@ -5,23 +5,26 @@ with the lr set before each one instead of by a schedule. Nothing is saved but t
 """
 
 import itertools
+import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from imgcls.config import TrainConfig
 from imgcls.data import dataset_name
 from imgcls.data.core import Dataset
-from imgcls.engine import Trainer, setup
 from imgcls.errors import ImgclsError
 from imgcls.files import write_json
 from imgcls.models.weights import Weights, transfer
+from imgcls.progress import progress_bar
 from imgcls.runs import lock_run, new_run_dir, write_rows
+from imgcls.training.run import setup
+from imgcls.training.trainer import Trainer
+
+LOG = logging.getLogger(__name__)
 
 BETA = 0.98  # smoothing of the loss, as fastai's Recorder
 DIVERGED = 4.0  # stop once the smoothed loss exceeds this many times its best, as fastai
@@ -39,6 +42,8 @@ class LrFind:
     steepest: float  # lr at the steepest descent of the smoothed loss against log lr: the suggestion
     minimum: float  # lr at the lowest smoothed loss, divided by 10 (fastai's 'minimum')
     seconds: float
+    dir: Path | None = None  # where lr_find.csv, .json and .png were written
+    config: TrainConfig | None = None  # the probe's config, filled in as `imgcls train` would fill it
 
 
 def check_range(steps: int, start_lr: float, end_lr: float) -> None:
@@ -87,7 +92,7 @@ def probe(
     batches = itertools.chain.from_iterable(trainer.batches(epoch) for epoch in itertools.count())
     rows, average, best, diverged = [], 0.0, math.inf, False
     start = time.perf_counter()
-    with tqdm(total=steps, desc="lr-find", unit="batch", leave=False, disable=None, file=sys.stderr, dynamic_ncols=True) as bar:
+    with progress_bar(total=steps, desc="lr-find", unit="batch") as bar:
         for step, idx in zip(range(steps), batches):
             lr = lr_at(step, steps, start_lr, end_lr)
             for group, ratio in zip(trainer.optimizer.param_groups, ratios):
@@ -107,18 +112,20 @@ def probe(
 
 
 def lr_find(
-    cfg: TrainConfig, out: str | Path | None = None, steps: int = 100, start_lr: float = 1e-7, end_lr: float = 10.0
-) -> tuple[Path, LrFind, TrainConfig]:
-    """Probe the data and model of a training config; write lr_find.csv, .json and .png into runs/<dataset>-<model>-lr-find-<n>
-    (or `out`). Returns the folder, the result and the config filled in as `imgcls train` would."""
+    cfg: TrainConfig,
+    out: str | Path | None = None,
+    steps: int = 100,
+    start_lr: float = 1e-7,
+    end_lr: float = 10.0,
+    data: Dataset | None = None,
+) -> LrFind:
+    """Probe the data (cfg.data's, or `data`) and model of a training config; write lr_find.csv, .json and .png into
+    runs/<dataset>-<model>-lr-find-<n> (or `out`)."""
     check_range(steps, start_lr, end_lr)
-    cfg, data, initial = setup(cfg)
+    cfg, data, initial = setup(cfg, data)
     run_dir = new_run_dir(dataset_name(cfg.data), f"{cfg.model}-lr-find", out)
     with lock_run(run_dir):
-        print(
-            f"lr-find {run_dir}: {cfg.model} on {data.name}, {cfg.optimizer} batch {cfg.batch_size}, lr {start_lr:g} to {end_lr:g}",
-            flush=True,
-        )
+        LOG.info(f"lr-find {run_dir}: {cfg.model} on {data.name}, {cfg.optimizer} batch {cfg.batch_size}, lr {start_lr:g} to {end_lr:g}")
         result = probe(cfg, data, run_dir, steps, start_lr, end_lr, initial)
         write_rows(run_dir / "lr_find.csv", COLUMNS, result.rows)
         write_json(run_dir / "lr_find.json", {
@@ -130,4 +137,5 @@ def lr_find(
         from imgcls.report.plots import plot_lr_find  # matplotlib loads only now, after the probe
 
         plot_lr_find(result.rows, result.steepest, result.minimum, run_dir / "lr_find.png")
-    return run_dir, result, cfg
+    result.dir, result.config = run_dir, cfg
+    return result

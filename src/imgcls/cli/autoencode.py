@@ -1,8 +1,9 @@
-"""The `autoencode` and `embed` subcommands of the `imgcls` command line (imported by imgcls.cli; loads torch only on use)."""
+"""`imgcls autoencode` and `imgcls embed`: an autoencoder's run, and codes of image files from it (imgcls.autoencode)."""
 
 import argparse
 import sys
 
+from imgcls.cli.flags import positive, writable
 from imgcls.errors import ImgclsError
 
 AE_KEYS = ["data", "data_dir", "variational", "latent_dim", "epochs", "batch_size", "lr", "beta", "seed", "device", "val_fraction",
@@ -59,8 +60,7 @@ def add_parsers(sub) -> None:
 
 def cmd_autoencode(args) -> int:
     from imgcls.autoencode.train import AEConfig, resume, stopped_message, train
-    from imgcls.cli import writable
-    from imgcls.engine import Interrupted
+    from imgcls.interrupt import Interrupted
 
     given = {k: getattr(args, k) for k in AE_KEYS if getattr(args, k) is not None}
     try:
@@ -86,7 +86,6 @@ def cmd_autoencode(args) -> int:
 
 def cmd_embed(args) -> int:
     from imgcls.autoencode.embed import embed
-    from imgcls.cli import positive, writable
 
     positive("--batch-size", args.batch_size)
     out = writable("--out", args.out)

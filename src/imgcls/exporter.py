@@ -3,8 +3,8 @@ written, with a dynamic batch size, and with the preprocessing a user must apply
 
 import io
 import json
+import logging
 import os
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,9 @@ from imgcls.errors import ImgclsError, missing_extra
 from imgcls.evaluation import checkpoint_data
 from imgcls.interrupt import during
 
-FORMATS = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}  # file suffix of each format
+LOG = logging.getLogger(__name__)
+
+FORMATS = {"onnx": ".onnx", "torchscript": checkpoint.PROGRAM}  # file suffix of each format
 METADATA_FORMAT = "imgcls-export-v1"
 OPSET = 17
 TOLERANCE = 1e-3  # on logits; float32 reassociation differences are ~1e-6
@@ -84,7 +86,7 @@ def parity_images(ckpt: dict, n: int) -> tuple[torch.Tensor, str]:
         # Said on a line of its own: a check on random pixels is weaker than one on the images the model knows.
         spec = ckpt["config"]["data"]
         where = spec if spec in DATASETS else os.path.abspath(spec)
-        print(f"warning: the run's data {where} was not found, the parity check runs on random pixels instead ({e})", file=sys.stderr)
+        LOG.warning(f"warning: the run's data {where} was not found, the parity check runs on random pixels instead ({e})")
         generator = torch.Generator().manual_seed(0)
         images = torch.randint(0, 256, (n, *ckpt["in_shape"]), dtype=torch.uint8, generator=generator)
         return images, f"{n} random images (the run's data could not be loaded: {e})"
@@ -154,6 +156,26 @@ def export(
     ckpt = checkpoint.load(run_or_checkpoint)
     model = load_model(ckpt, "cpu")
     pixels, inputs = parity_images(ckpt, images)
+    ckpt_path = Path(ckpt["path"])
+    path = Path(out) if out else ckpt_path.with_name(ckpt_path.stem + FORMATS[fmt])
+    return _export(model, ckpt, fmt, path, tolerance, pixels, inputs)
+
+
+def write_program(checkpoint_path: Path, model: torch.nn.Module, images: torch.Tensor) -> Exported:
+    """A user's model as a TorchScript program beside its checkpoint (best.torchscript.pt, and its .json), checked as
+    `imgcls export` checks: where the model's class cannot be imported (it was defined in a notebook), predict, export
+    and serve run this. TorchScript, not torch.export: torch.export.load falls back to unpickling arbitrary objects
+    (weights_only=False) for what it cannot read otherwise, so a program file could run code when loaded."""
+    ckpt = checkpoint.load(checkpoint_path)
+    inputs = f"{min(len(images), PARITY_IMAGES)} test images" if len(images) else f"{PARITY_IMAGES} random images"
+    pixels = images[:PARITY_IMAGES] if len(images) else torch.randint(0, 256, (PARITY_IMAGES, *ckpt["in_shape"]), dtype=torch.uint8)
+    model = model.to("cpu").eval()
+    return _export(
+        model, ckpt, "torchscript", checkpoint_path.with_name(checkpoint_path.stem + FORMATS["torchscript"]), TOLERANCE, pixels, inputs
+    )
+
+
+def _export(model: torch.nn.Module, ckpt: dict, fmt: str, path: Path, tolerance: float, pixels: torch.Tensor, inputs: str) -> Exported:
     mean, std = normalisation(ckpt)
     x = prepare(pixels, mean, std)
     with during(f"exporting to {fmt}", "nothing was written"):
@@ -166,8 +188,6 @@ def export(
         raise ImgclsError(
             f"parity check failed: max abs difference on logits {diff:.3g} > tolerance {tolerance:g} ({inputs}); nothing was written"
         )
-    ckpt_path = Path(ckpt["path"])
-    path = Path(out) if out else ckpt_path.with_name(ckpt_path.stem + FORMATS[fmt])
     meta = {
         "format": METADATA_FORMAT, "export_format": fmt, "file": path.name, "model": ckpt["model"],
         "model_options": ckpt.get("model_options", {}), "classes": ckpt["classes"], "in_shape": ckpt["in_shape"],
@@ -176,7 +196,7 @@ def export(
         "tta_shift": ckpt["config"].get("tta_shift") or 0,  # and with those of its views shifted by +-this many pixels
         "input": {"name": "images", "shape": ["batch", *ckpt["in_shape"]], "dtype": "float32"},
         "output": {"name": "logits", "shape": ["batch", len(ckpt["classes"])], "dtype": "float32"},
-        "checkpoint": str(ckpt_path), "epoch": ckpt.get("epoch"), "torch": torch.__version__,
+        "checkpoint": ckpt["path"], "epoch": ckpt.get("epoch"), "torch": torch.__version__,
         "opset": OPSET if fmt == "onnx" else None,
         "parity": {"max_abs_diff": diff, "tolerance": tolerance, "inputs": inputs, "batch_sizes": sorted({1, len(x)})},
     }  # fmt: skip

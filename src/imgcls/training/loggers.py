@@ -1,7 +1,7 @@
-"""Live training curves: TensorBoard (`--tensorboard`) and Visdom (`--visdom`), both optional packages.
+"""Live training curves: TensorBoard (`--tensorboard`) and Visdom (`--visdom`), both optional packages, as callbacks.
 
-The Trainer calls `step` each time it reads statistics back from the device (every SYNC_EVERY steps) and
-`epoch` after validation. Loggers never touch the trainer's random generators, so runs stay reproducible.
+`step` runs each time the Trainer reads statistics back from the device (every SYNC_EVERY steps) and `epoch` after
+validation. Loggers never touch the trainer's random generators, so runs stay reproducible.
 """
 
 from urllib.parse import urlsplit
@@ -10,19 +10,25 @@ import torch
 
 from imgcls.data.augment import denormalize, prepare
 from imgcls.errors import ImgclsError
+from imgcls.training.callbacks import Callback
 
 SAMPLE_IMAGES = 16  # augmented training images logged per epoch
 
 
-class Logger:
+class Logger(Callback):
+    """A live-curve callback: `step` at each read-back of the statistics, `epoch` after validation."""
+
     def step(self, trainer) -> None:
         """Running train loss and accuracy since the last call."""
 
     def epoch(self, trainer, row: dict) -> None:
         """One finished epoch: its metrics.csv row."""
 
-    def close(self) -> None:
-        pass
+    def on_sync(self, trainer) -> None:
+        self.step(trainer)
+
+    def on_epoch_end(self, trainer, row: dict) -> None:
+        self.epoch(trainer, row)
 
 
 def global_step(trainer) -> int:

@@ -6,8 +6,8 @@ epochs) each train on K-1 folds and predict the fold they never saw. `health.lab
 it ranks a run's test predictions.
 """
 
+import logging
 import math
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -17,9 +17,11 @@ import torch
 from imgcls.config import TrainConfig, fill_defaults
 from imgcls.data.core import Dataset, Split, channel_stats, stratified_split
 from imgcls.data.health import CrossValidated, Items, label_issues
-from imgcls.engine import Trainer
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import predict_logits
+from imgcls.training.trainer import Trainer
+
+LOG = logging.getLogger(__name__)
 
 EPOCH_SHARE = 0.25  # of the fast recipe's epochs: held-out probabilities need a fair model, not its best
 MIN_EPOCHS = 3
@@ -48,9 +50,7 @@ def cross_validated(data: Dataset, folds: int, seed: int = 0, device: str = "aut
             given = TrainConfig(data=data.name, seed=seed + k, device=device, pretrained="off", label_smoothing=0.0, lookahead=False)
             recipe = fill_defaults(given, fold)
             cfg = fill_defaults(replace(given, epochs=short(recipe.epochs), batch_size=batch_for(recipe.batch_size, len(rest))), fold)
-            print(
-                f"fold {k + 1}/{folds}: {cfg.model}, {cfg.epochs} epochs on {len(rest):,} images, predicting {len(held):,}", file=sys.stderr
-            )
+            LOG.warning(f"fold {k + 1}/{folds}: {cfg.model}, {cfg.epochs} epochs on {len(rest):,} images, predicting {len(held):,}")
             model, trainer = train_quietly(cfg, fold, scratch)
             logits = predict_logits(model, fold.test.images, trainer.mean, trainer.std, amp=trainer.amp, channels_last=trainer.channels_last,
                                     tta=bool(cfg.tta))  # fmt: skip

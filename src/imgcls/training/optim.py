@@ -1,4 +1,5 @@
-"""Muon for conv filters beside SGD-Nesterov for everything else (`--optimizer muon`).
+"""The optimizers and learning-rate schedules of a run, and Muon for conv filters beside SGD-Nesterov for everything
+else (`--optimizer muon`).
 
 Muon (Jordan et al. 2024) steps a weight matrix by its momentum made orthogonal (the U V^T of its SVD, approximated
 by a Newton-Schulz iteration), so every direction of the update moves at the same rate whatever the gradient's
@@ -9,6 +10,9 @@ so the lr alone sets how far each step turns them. What it gave here: bench/RESU
 """
 
 import torch
+import torch.nn as nn
+
+from imgcls.training import finetune
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # a quintic whose fixed point pulls singular values into about [0.7, 1.2]
 NS_STEPS = 3  # airbench94_muon's count (torch.optim.Muon's default is 5)
@@ -69,3 +73,39 @@ class Muon(torch.optim.SGD):
         g = p.grad.add(buf, alpha=momentum)
         p.mul_(p.shape[0] ** 0.5 / (p.norm() + 1e-12))
         p.add_(orthogonalise(g.flatten(1).float()).view_as(p).to(p.dtype), alpha=-group["lr"])
+
+
+def make_optimizer(cfg, model: nn.Module, num_classes: int) -> torch.optim.Optimizer:
+    """The run's optimizer over finetune.param_groups (discriminative lrs, no decay on biases and norms)."""
+    head = finetune.classifier(model, num_classes)
+    groups = finetune.param_groups(model, head, cfg.lr, cfg.lr_mult or 1.0, cfg.weight_decay, cfg.norm_lr_mult or 1.0)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+    if cfg.optimizer == "muon":
+        return Muon(filter_groups(groups, cfg.lr, cfg.muon_lr), lr=cfg.lr, momentum=cfg.momentum)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def make_schedule(cfg, optimizer, steps_per_epoch: int):
+    """The LR scheduler and whether it steps per batch (True) or per epoch (False)."""
+    total = cfg.epochs * steps_per_epoch
+    if cfg.schedule == "onecycle" and total >= 4:  # fewer steps leave OneCycle's warm-up phase empty
+        peaks = [group["lr"] for group in optimizer.param_groups]  # discriminative lrs: each group's own peak
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=peaks, total_steps=total, pct_start=max(0.25, 2 / total)), True
+    if cfg.schedule == "linear":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: triangle(step, total)), True
+    if cfg.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total), True
+    if cfg.schedule == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(1, cfg.epochs // 3), gamma=0.1), False
+    return None, False
+
+
+def triangle(step: int, total: int, start: float = 0.2, peak: float = 0.23, end: float = 0.07) -> float:
+    """airbench94's lr schedule, as a fraction of the peak lr: linear from `start` up to 1 at `peak` of the run, then
+    linear down to `end`. Unlike one-cycle it leaves momentum alone and ends well above zero, which suits the short runs
+    where Lookahead averages the last steps."""
+    at = step / max(total, 1)
+    return start + (1 - start) * at / peak if at < peak else 1 + (end - 1) * (at - peak) / (1 - peak)

@@ -1,0 +1,167 @@
+"""imgcls's Python API: everything the command line does, as calls that return objects and raise ImgclsError.
+
+import imgcls
+run = imgcls.train("mnist-sample", epochs=3)          # or your own nn.Module class and Dataset
+run.summary["test_accuracy"]
+imgcls.load(run).predict("digit.png")[0].label
+"""
+
+import logging
+from pathlib import Path
+
+import torch.nn as nn
+
+from imgcls.config import TrainConfig
+from imgcls.data.registry import PYTHON
+from imgcls.errors import ImgclsError
+from imgcls.interrupt import Interrupted
+from imgcls.models.user import absolute, is_user_model, spec_of
+from imgcls.runs import Run
+from imgcls.training.callbacks import Callback, standard
+
+LOG = logging.getLogger("imgcls")
+
+
+def train(data="mnist-sample", model=None, *, out: str | Path | None = None, callbacks: list[Callback] = (), progress: bool = True,
+          **options) -> Run:  # fmt: skip
+    """Train a model and return its Run: the run folder with config.json, metrics.csv, best.pt, last.pt, summary.json and
+    report.html, as `imgcls train` writes it.
+
+    data: a named dataset ("mnist-sample", "mnist", "cifar10", ...), an image folder's path, or your own data: a
+        map-style torch Dataset of (image, label), an (images, labels) pair of tensors or arrays, or a dict of splits
+        {"train": ..., "val": ..., "test": ...}. Splits not given are held out.
+    model: a registry name ("speednet", "resnet18", "timm:convnext_nano", ...), "path/nets.py:Net", or your own
+        nn.Module class (built with num_classes, in_channels and image_size where it declares them, and model_args) or
+        instance. None: the recipe's model for the data.
+    out: the run folder (runs/<data>-<model>-<n> by default).
+    callbacks: imgcls.Callback objects, called after the progress bar's and report's.
+    progress: show a progress bar (a widget in a notebook).
+    options: the train options under their Python names: epochs, lr, batch_size, recipe, precision, seed, report, ...
+        (`imgcls train --help` lists them), checked as on the command line.
+
+    A run stopped early (Ctrl-C, SIGTERM, a callback's trainer.request_stop()) returns unfinished, with `interrupted`
+    set; imgcls.resume(run) continues it."""
+    from imgcls.data.user import from_python, is_python_object
+    from imgcls.training import run as training
+
+    spec, instance = _model(model)
+    dataset = None
+    if is_python_object(data):
+        probe = TrainConfig.from_options(**options)  # the options that split and size the data, checked first
+        dataset = from_python(data, probe.seed, probe.val_fraction, probe.image_size)
+        data = PYTHON + dataset.name
+    cfg = TrainConfig.from_options(data=str(data), model=spec, **options)
+    try:
+        run_dir, summary = training.train(cfg, out, standard(progress, cfg.report, callbacks), data=dataset, model=instance)
+    except Interrupted as stop:
+        return _stopped(stop)
+    return Run(run_dir, summary=summary)
+
+
+def resume(run, *, data=None, model=None, device: str | None = None, data_dir: str | None = None, callbacks: list[Callback] = (),
+           progress: bool = True) -> Run:  # fmt: skip
+    """Continue a stopped run (a Run, its folder or its last.pt) from where it stopped, with its saved settings; a
+    finished one is tested again. `device` and `data_dir` may change; a run on your own Python data or model is handed
+    them again (`data`, `model`: the class, or an instance)."""
+    from imgcls.data.user import from_python
+    from imgcls.training import run as training
+
+    path = run.dir if isinstance(run, Run) else Path(run)
+    _, instance = _model(model) if model is not None else (None, None)
+    dataset = None
+    if data is not None:
+        folder = training.run_folder(path)[1]
+        saved = Run.open(folder).config
+        dataset = from_python(data, saved["seed"], saved["val_fraction"], saved.get("image_size"))
+    saved = Run(training.run_folder(path)[1])
+    report = saved.config.get("report", True) if (saved.dir / "config.json").is_file() else True
+    try:
+        run_dir, summary = training.resume(path, device, data_dir, standard(progress, report, callbacks), data=dataset, model=instance)
+    except Interrupted as stop:
+        return _stopped(stop)
+    return Run(run_dir, summary=summary)
+
+
+def _stopped(stop: Interrupted) -> Run:
+    LOG.warning(f"interrupted ({stop.why}): progress saved in {stop.run_dir / 'last.pt'}")
+    return Run(stop.run_dir, interrupted=stop)
+
+
+def _model(model) -> tuple[str | None, nn.Module | None]:
+    """(the name a run records, the instance to train or None) of train's `model`."""
+    if model is None or isinstance(model, str):
+        return (absolute(model) if model and is_user_model(model) else model), None
+    if isinstance(model, nn.Module):
+        return spec_of(type(model)), model
+    if isinstance(model, type) and issubclass(model, nn.Module):
+        return spec_of(model), None
+    raise ImgclsError(f"model must be a model's name, an nn.Module class or an nn.Module, got {type(model).__name__}")
+
+
+def evaluate(run, data=None, *, split: str = "test", device: str = "auto", batch_size: int | None = None, data_dir: str | None = None,
+             out: str | Path | None = None):  # fmt: skip
+    """Test a run's best model (a Run, its folder, or a .pt file) on a split of its own data, or of `data` (a named
+    dataset, a folder, or your own Python data); writes confusion_matrix_SPLIT.csv and evaluation_SPLIT.json into
+    `out` (the run folder). Returns an imgcls.evaluation.Evaluation: accuracy, loss, per_class_accuracy, confusion."""
+    from imgcls.evaluation import evaluate_run
+
+    return evaluate_run(_path(run), data, data_dir, split, device, batch_size, out)
+
+
+def export(run, format: str = "onnx", *, out: str | Path | None = None, tolerance: float = 1e-3, parity_images: int = 64):
+    """Export a run's best model to ONNX or TorchScript, checked against PyTorch on its test images first; the
+    preprocessing goes beside it in NAME.json. Returns an imgcls.exporter.Exported (path, metadata, max_abs_diff)."""
+    from imgcls.exporter import export as export_model
+
+    return export_model(_path(run), format, out, tolerance, parity_images)
+
+
+def lr_find(data="mnist-sample", model=None, *, out: str | Path | None = None, steps: int = 100, start_lr: float = 1e-7,
+            end_lr: float = 10.0, **options):  # fmt: skip
+    """fastai's lr_find: a short run over growing learning rates; returns an imgcls.training.lr_find.LrFind whose
+    `steepest` is the suggested lr, with `dir` (lr_find.csv, .json, .png) and `config` (filled in as train's)."""
+    from imgcls.data.user import from_python, is_python_object
+    from imgcls.training.lr_find import lr_find as probe
+
+    spec, _ = _model(model)
+    dataset = None
+    if is_python_object(data):
+        given = TrainConfig.from_options(**options)
+        dataset = from_python(data, given.seed, given.val_fraction, given.image_size)
+        data = PYTHON + dataset.name
+    return probe(TrainConfig.from_options(data=str(data), model=spec, **options), out, steps, start_lr, end_lr, data=dataset)
+
+
+def load(run_or_checkpoint, device: str | None = None, backend: str = "torch"):
+    """A trained model ready to predict: an imgcls.Predictor of a Run, run folder, .pt file or exported .onnx file.
+    `Predictor.predict(inputs, top_k=1)` takes paths, folders, PIL images, arrays and tensors."""
+    from imgcls.inference import Predictor
+
+    return Predictor.open(_path(run_or_checkpoint), backend, device or "auto")
+
+
+def _path(run) -> Path:
+    return run.dir if isinstance(run, Run) else Path(run)
+
+
+def check_data(data, *, out: str | Path | None = None, label_errors: bool = False, folds: int = 5, data_dir: str | None = None):
+    """Check a dataset's health as training would load it: exact and near duplicates (within a class, across classes,
+    across splits), odd files and class imbalance, and with `label_errors` likely label errors from `folds`
+    cross-validated models. Writes health.json and a picture of each finding into `out` (<dataset>-health). Returns
+    the imgcls.data.health.Health, with `out` and `written` (the pictures' names)."""
+    from imgcls.data import dataset_name
+    from imgcls.data.health import check_dataset
+    from imgcls.data.registry import is_folder_spec
+    from imgcls.report.health import write_findings
+    from imgcls.training.crossval import check_folds, cross_validated
+
+    out = Path(out) if out is not None else Path(f"{dataset_name(str(data))}-health")
+    if label_errors:
+        check_folds(folds)
+    dataset, health = check_dataset(str(data), data_dir)
+    if label_errors:
+        health.label_errors = cross_validated(dataset, folds)
+        health.seconds["label_errors"] = health.label_errors.seconds
+    health.written = write_findings(health, out, root=Path(data).expanduser() if is_folder_spec(str(data)) else None)
+    health.out = out
+    return health

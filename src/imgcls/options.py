@@ -1,0 +1,198 @@
+"""The train options, declared once: each TrainConfig field's default, help, group, choices and limits.
+
+The command line's flags (imgcls.cli.options), the API's checks (imgcls.config.check) and the documentation's option
+table are generated from these. Nothing here imports torch: `imgcls --help` builds its parser from it quickly.
+"""
+
+import difflib
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+from imgcls.errors import ImgclsError
+
+MAX_PIXELS = 50_000_000  # the decode limit (imgcls.data.images): a small file can declare a huge image, refused from its header
+POOLS = ("last", "mean", "max")  # what recurrent models pool into their classifier (imgcls.models.recurrent)
+OPTIMIZERS = ("sgd", "adam", "adamw", "muon")  # muon: Muon for conv filters, sgd for the rest (imgcls.training.optim)
+SCHEDULES = ("cosine", "onecycle", "linear", "step", "none")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRETRAINED = ("auto", "on", "off")
+PAD_MODES = ("zeros", "reflect")
+# Options of the model's builder (imgcls.models), saved in checkpoints so that every later use rebuilds the same model.
+MODEL_OPTIONS = (  # what the model builders take
+    "dropout", "hidden_size", "layers", "bidirectional", "pool", "width", "whiten", "dirac", "bn_scale", "logit_scale",
+)  # fmt: skip
+# For an optimizer other than the recipe's, whose tuned lr and decay would not fit it; the lr also for a model other
+# than the recipe's (its lr 0.2, tuned for speednet, left the tutorial cnn at 10-53% after 2 CIFAR-10 epochs over seeds,
+# against 47-48% at 0.05).
+DEFAULT_LR = {"sgd": 0.05, "adam": 4e-3, "adamw": 4e-3}
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.01}
+# Sizes past these build models or batches no machine holds (a width of 10,000 is 10^10 weights in one conv): refused
+# before any allocation, whose failure would be a traceback. They are far above any useful value.
+MAX_SIDE = math.isqrt(MAX_PIXELS)  # 7,071 px: an image side whose square is over the decode limit is never decoded
+MAX_WIDTH, MAX_HIDDEN, MAX_LAYERS = 4096, 65536, 100
+SETUP, TRAIN = "setup", "train"  # the options of `train` and `lr-find` (setup), and of `train` alone
+
+
+def opt(default=None, help: str = "", group: str = SETUP, metavar: str | None = None, choices=None, limit=None):
+    """A TrainConfig field and its declaration as an option: the help of its command-line flag, which commands take it
+    (group), its choices, and its limit (type, allowed(value), what is allowed) for numbers. The command line's flags
+    (imgcls.cli.options), the API's checks (check) and the documentation's option table all come from these."""
+    return field(default=default, metadata={"help": help, "group": group, "metavar": metavar, "choices": choices, "limit": limit})
+
+
+def positive(kind=int):
+    return (kind, lambda v: v >= 1, "positive") if kind is int else (kind, lambda v: 0 < v < math.inf, "positive and finite")
+
+
+@dataclass
+class TrainConfig:
+    # None means "unset": fill_defaults takes the value from the recipe for this data.
+    data: str = opt("mnist-sample", "dataset name (see `imgcls datasets`) or an image folder path [mnist-sample]", metavar="NAME|PATH")
+    data_dir: str | None = opt(help="where named datasets live [$IMGCLS_DATA or a per-user cache folder]", metavar="DIR")
+    recipe: str = opt("fast", "tuned settings for every option left unset (see README) [fast]", choices=("fast", "quick", "accurate"))
+    model: str | None = opt(
+        help="a built-in, torchvision or timm model (resnet50, tv:resnet18, timm:convnext_nano; see `imgcls models`), or your own "
+        "nn.Module class (nets.py:Net, package.module:Net) [recipe: digitnet for digits, speednet for small images; photos: "
+        "resnet18 when its ImageNet weights can be had, else speednet]",
+        metavar="NAME",
+    )  # fmt: skip
+    model_args: dict | None = opt(help="your own model's constructor arguments, as JSON: '{\"hidden\": 256}'", metavar="JSON")
+    batch_size: int | None = opt(help="images per step [recipe: digits 128, small images 1024, large 64]", metavar="N", limit=positive())
+    optimizer: str | None = opt(
+        help="sgd is SGD with Nesterov momentum (--momentum); muon: Muon for conv filters (--muon-lr), sgd for the rest [recipe: sgd]",
+        choices=OPTIMIZERS,
+    )  # fmt: skip
+    muon_lr: float | None = opt(help="--optimizer muon: the conv filters' peak lr, each filter held at unit norm [0.24]", metavar="LR",
+                                limit=positive(float))  # fmt: skip
+    weight_decay: float | None = opt(help="[recipe: 5e-4; another optimizer: sgd 5e-4, adam 0, adamw 0.01]", metavar="WD",
+                                     limit=(float, lambda v: 0 <= v < math.inf, "zero or more and finite"))  # fmt: skip
+    momentum: float | None = opt(help="sgd's Nesterov momentum [recipe: 0.85 for small colour images, else 0.9]", metavar="M",
+                                 limit=(float, lambda v: 0 <= v < 1, "in [0, 1)"))  # fmt: skip
+    norm_lr_mult: float | None = opt(help="norm layers' parameters learn at lr x M [recipe: 64 for small colour images, else 1]",
+                                     metavar="M", limit=positive(float))  # fmt: skip
+    label_smoothing: float | None = opt(
+        help="[recipe: digits 0.1, others 0.2]", metavar="EPS", limit=(float, lambda v: 0 <= v < 1, "in [0, 1)")
+    )
+    seed: int = opt(0, "seed for init, splits, order and augmentation [0]", metavar="N",
+                    limit=(int, lambda v: -(2**63) <= v < 2**64, "a 64-bit integer"))  # fmt: skip  # what torch.manual_seed takes
+    device: str = opt("auto", "[auto]", choices=("auto", "cpu", "cuda", "mps"))
+    dedupe: bool = opt(
+        False, "image folders: keep one copy of each group of exact or near duplicates (in test, else val, else train) and none of a "
+        "picture filed under two classes; split.json lists the files dropped and why [off]",
+    )  # fmt: skip
+    val_fraction: float = opt(0.1, "part of train held out for validation when there is no val split [0.1]", metavar="F",
+                              limit=(float, lambda v: 0 < v < 1, "between 0 and 1"))  # fmt: skip
+    image_size: int | None = opt(
+        help="resize folder images to this square size [their own size if all share one up to 256 px, else 128 on a CPU, 224 on a GPU]",
+        metavar="PX", limit=(int, lambda v: 1 <= v <= MAX_SIDE, f"between 1 and {MAX_SIDE:,} (the {MAX_PIXELS // 10**6}-megapixel decode limit)"),
+    )  # fmt: skip
+    weights: str | None = opt(help="initial weights: a run folder or a .pt/.pth/.safetensors state dict", metavar="PATH")
+    pretrained: str = opt(
+        "auto", "the model's ImageNet weights (torchvision: $TORCH_HOME/hub/checkpoints, timm: the Hugging Face cache): auto uses "
+        "them when cached or downloadable [auto]", choices=PRETRAINED,
+    )  # fmt: skip
+    lr_mult: float | None = opt(help="starting from weights: the first layers learn at lr/M, rising to lr at the head [100]", metavar="M",
+                                limit=(float, lambda v: 1 <= v < math.inf, "1 or more and finite"))  # fmt: skip
+    dropout: float | None = opt(help="dropout probability (mlp)", metavar="P", limit=(float, lambda v: 0 <= v < 1, "in [0, 1)"))
+    hidden_size: int | None = opt(help="units per layer and direction (rnn, lstm, gru) [128]", metavar="N",
+                                  limit=(int, lambda v: 1 <= v <= MAX_HIDDEN, f"between 1 and {MAX_HIDDEN:,}"))  # fmt: skip
+    layers: int | None = opt(help="stacked recurrent layers (rnn, lstm, gru) [1]", metavar="N",
+                             limit=(int, lambda v: 1 <= v <= MAX_LAYERS, f"between 1 and {MAX_LAYERS:,}"))  # fmt: skip
+    bidirectional: bool | None = opt(help="also read the rows bottom to top (rnn, lstm, gru) [off]")
+    pool: str | None = opt(
+        help="into the classifier: the max or mean of the outputs over the rows, or the last hidden state (rnn, lstm, gru) [max]",
+        choices=POOLS,
+    )  # fmt: skip
+    whiten: bool | None = opt(help="speednet: frozen stem whitening 2x2 patches of the training images [recipe]")
+    width: int | None = opt(help="speednet: channels of the first conv group, the others 4x [recipe]", metavar="N",
+                            limit=(int, lambda v: 1 <= v <= MAX_WIDTH, f"between 1 and {MAX_WIDTH:,}"))  # fmt: skip
+    dirac: bool | None = opt(help="speednet: 3x3 convs initialised as the identity [recipe]")
+    bn_scale: bool | None = opt(help="speednet: batch norms with a learnt scale [recipe]")
+    logit_scale: float | None = opt(help="speednet: a fixed factor on the logits [recipe: 1/9 for small colour images, else 1]",
+                                    metavar="F", limit=positive(float))  # fmt: skip
+    augment: bool = opt(True, "random augmentation of training batches [on]")
+    crop_padding: int | None = opt(help="random shifts of up to this many pixels [recipe]", metavar="PX",
+                                   limit=(int, lambda v: v >= 0, "zero or more"))  # fmt: skip
+    pad_mode: str | None = opt(help="how shifts fill the border [recipe: reflect for small colour images, else zeros]", choices=PAD_MODES)
+    flip: bool | None = opt(help="random horizontal flips [on, off for digits and greyscale]")
+    alternate_flips: bool | None = opt(help="with --flip: each image mirrored on every other epoch [recipe]")
+    rotate: float | None = opt(help="random rotation range in degrees [recipe: accurate digits 5, else 0]", metavar="DEG",
+                               limit=(float, lambda v: 0 <= v <= 180, "between 0 and 180 degrees"))  # fmt: skip
+    crop_scale: float | None = opt(
+        help="random resized crops of at least this part of the area [recipe: fine-tuned photos 0.35, else 1: none]", metavar="F",
+        limit=(float, lambda v: 0 < v <= 1, "in (0, 1]"),
+    )  # fmt: skip
+    clip_grad: float | None = opt(
+        help="clip each step's gradient norm to NORM; 0 = off [recipe: rnn, lstm, gru 1, others off]", metavar="NORM",
+        limit=(float, lambda v: 0 <= v < math.inf, "zero (off) or more and finite"),
+    )  # fmt: skip
+    precision: str = opt(
+        "auto", "autocast dtype [auto: bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16, AMX), fp16 on older GPUs, else fp32]",
+        choices=PRECISIONS,
+    )  # fmt: skip
+    epochs: int | None = opt(help="epochs to train [recipe: sized by the number of training images]", group=TRAIN, metavar="N",
+                             limit=positive())  # fmt: skip
+    lr: float | None = opt(help="(peak) learning rate [recipe; another model or optimizer: sgd 0.05, adam/adamw 0.004]", group=TRAIN,
+                           metavar="LR", limit=positive(float))  # fmt: skip
+    schedule: str | None = opt(
+        help="learning-rate schedule; linear: up from lr/5 over the first 23%%, down to 7%% [recipe]", group=TRAIN, choices=SCHEDULES
+    )  # fmt: skip
+    patience: int = opt(
+        0, "stop after this many epochs without a better val accuracy (or the same at a lower loss); 0 = off [0]", group=TRAIN,
+        metavar="N", limit=(int, lambda v: v >= 0, "zero or more"),
+    )  # fmt: skip
+    tta: bool | None = opt(help="evaluate on each image and its mirror image [on where flips are, off for digits]", group=TRAIN)
+    tta_shift: int | None = opt(help="also evaluate on views shifted by +-PX pixels diagonally; 0 = off [recipe]", group=TRAIN,
+                                metavar="PX", limit=(int, lambda v: 0 <= v <= 4, "between 0 and 4 pixels"))  # fmt: skip
+    ema: float | None = opt(
+        help="evaluate and save an EMA of the weights with this decay (e.g. 0.99); 0 = off [0]", group=TRAIN, metavar="DECAY",
+        limit=(float, lambda v: 0 <= v < 1, "in [0, 1) (0 = off; e.g. 0.99)"),
+    )  # fmt: skip
+    lookahead: bool | None = opt(
+        help="every 5 steps set the weights to their running average, pulled harder as the run ends (airbench's) [recipe]", group=TRAIN
+    )  # fmt: skip
+    compile: bool = opt(False, "torch.compile the model (pays off on GPUs for long runs) [off]", group=TRAIN)
+    freeze_epochs: int | None = opt(
+        help="starting from weights: epochs of the head alone on the frozen backbone's cached features, before --epochs of everything [5]",
+        group=TRAIN, metavar="N", limit=(int, lambda v: v >= 0, "zero or more"),
+    )  # fmt: skip
+    sync_bn: bool = opt(False, "several processes: batch norm over the global batch (CUDA) [off]", group=TRAIN)
+    report: bool = opt(True, "draw report.html and its plots at the end of the run [on]", group=TRAIN)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in values.items() if k in known})
+
+    def augmentation(self):
+        """The batch augmentation these settings ask for (imgcls.data.augment.Augment)."""
+        from imgcls.data.augment import Augment
+
+        if not self.augment:
+            return Augment()
+        return Augment(
+            crop_padding=self.crop_padding or 0, pad_mode=self.pad_mode or "zeros", flip=bool(self.flip), rotate=self.rotate or 0.0, crop_scale=self.crop_scale or 1.0,
+            alternate_flips=bool(self.alternate_flips),
+        )  # fmt: skip
+
+    def model_options(self) -> dict:
+        """What the model's builder takes besides the shape and classes: the built-ins' options, a user model's args."""
+        return {name: getattr(self, name) for name in MODEL_OPTIONS if getattr(self, name) is not None} | (self.model_args or {})
+
+    @classmethod
+    def from_options(cls, **options) -> "TrainConfig":
+        """A config from options under their Python names (imgcls.train's); an unknown name is an error naming the
+        closest option. Values are checked by `check`, as the command line's are."""
+        names = [f.name for f in fields(cls)]
+        for name in options:
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                hint = f"did you mean {close[0]}=?" if close else "see help(imgcls.train) for the options"
+                raise ImgclsError(f"unknown option {name}=: {hint}")
+        return cls(**options)
+
+
+LIMITS = {f.name: f.metadata["limit"] for f in fields(TrainConfig) if f.metadata.get("limit")}
