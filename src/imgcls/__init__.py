@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "train": "imgcls.api", "resume": "imgcls.api", "evaluate": "imgcls.api", "export": "imgcls.api", "lr_find": "imgcls.api",
-    "load": "imgcls.api", "check_data": "imgcls.api", "Run": "imgcls.runs", "Predictor": "imgcls.inference", "Prediction": "imgcls.inference",
+    "load": "imgcls.api", "check_data": "imgcls.api", "Run": "imgcls.api", "Predictor": "imgcls.inference", "Prediction": "imgcls.inference",
     "Callback": "imgcls.training.callbacks", "Interrupted": "imgcls.interrupt",
 }  # fmt: skip
 __all__ = ["ImgclsError", "__version__", *_LAZY]

@@ -1,12 +1,13 @@
 """imgcls's Python API: everything the command line does, as calls that return objects and raise ImgclsError.
 
-import imgcls
-run = imgcls.train("mnist-sample", epochs=3)          # or your own nn.Module class and Dataset
-run.summary["test_accuracy"]
-imgcls.load(run).predict("digit.png")[0].label
+    import imgcls
+    run = imgcls.train("mnist-sample", epochs=3)          # or your own nn.Module class and Dataset
+    run.summary["test_accuracy"]
+    imgcls.load(run).predict("digit.png")[0].label
 """
 
 import logging
+import os
 from pathlib import Path
 
 import torch.nn as nn
@@ -14,12 +15,101 @@ import torch.nn as nn
 from imgcls.config import TrainConfig
 from imgcls.data.registry import PYTHON
 from imgcls.errors import ImgclsError
+from imgcls.files import read_json
 from imgcls.interrupt import Interrupted
 from imgcls.models.user import absolute, is_user_model, spec_of
-from imgcls.runs import Run
+from imgcls.runs import read_metrics
 from imgcls.training.callbacks import Callback, standard
 
 LOG = logging.getLogger("imgcls")
+
+
+class Run:
+    """A run folder as an object (what imgcls.train returns; `Run.open(path)` for an existing one): its files read
+    when asked for, so it shows the run as it is on disk."""
+
+    def __init__(self, path: str | os.PathLike, interrupted=None, summary: dict | None = None):
+        self.dir = Path(path)
+        self.interrupted = interrupted  # imgcls.interrupt.Interrupted when it stopped early (Ctrl-C, a callback): resumable
+        self._summary = summary  # what training returned: the summary of a process that writes no files (a torchrun rank)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "Run":
+        path = Path(path).expanduser()
+        if not (path / "config.json").is_file():
+            raise ImgclsError(f"{path} is not a run folder (no config.json): pass a folder made by `imgcls train` or imgcls.train")
+        return cls(path)
+
+    @property
+    def summary(self) -> dict:
+        """summary.json: test accuracy and loss, best epoch, seconds, ...; {} until the run has finished."""
+        path = self.dir / "summary.json"
+        return read_json(path) if path.is_file() else dict(self._summary or {})
+
+    @property
+    def history(self) -> list[dict]:
+        """One dict per epoch, as metrics.csv."""
+        return read_metrics(self.dir / "metrics.csv")
+
+    @property
+    def config(self) -> dict:
+        """config.json: every setting, the recipe's defaults filled in."""
+        return read_json(self.dir / "config.json")
+
+    @property
+    def finished(self) -> bool:
+        return (self.dir / "summary.json").is_file()
+
+    def predictor(self, device: str | None = None):
+        """The run's best model, ready to predict (imgcls.load)."""
+        from imgcls.inference import Predictor
+
+        return Predictor.open(self.dir, device=device or "auto")
+
+    def plot(self) -> dict:
+        """Matplotlib figures of the run: "curves" (loss and accuracy per epoch) and, once it has finished,
+        "confusion_matrix" (of the test set)."""
+        from imgcls.report import plots
+
+        figures = {"curves": plots.curves_figure(self.history)}
+        confusion = self.dir / "confusion_matrix.csv"
+        if confusion.is_file():
+            from imgcls.evaluation import read_confusion_csv
+
+            classes, counts = read_confusion_csv(confusion)
+            figures["confusion_matrix"] = plots.confusion_figure(counts, classes)
+        return figures
+
+    def __repr__(self) -> str:
+        summary = self.summary
+        state = (
+            f"test accuracy {summary['test_accuracy']:.2%}"
+            if summary
+            else f"stopped ({self.interrupted.why})"
+            if self.interrupted
+            else "unfinished"
+        )
+        return f"Run('{self.dir}', {state})"
+
+    def _repr_html_(self) -> str:
+        """A notebook shows the run's headline figures and its curves."""
+        from imgcls.report.html import escape, image_tag
+
+        summary = self.summary
+        facts = [("run", str(self.dir))]
+        if summary:
+            facts += [
+                ("test accuracy", f"{summary['test_accuracy']:.2%}"), ("best val accuracy", f"{summary['best_val_accuracy']:.2%}"),
+                ("best epoch", f"{summary['best_epoch']} of {summary['epochs_run']}"), ("training", f"{summary['train_seconds']:.1f} s"),
+                ("model", f"{summary['model']}, {summary['num_params']:,} parameters"),
+            ]  # fmt: skip
+        else:
+            facts.append(
+                ("state", f"stopped ({self.interrupted.why}): imgcls.resume(run) continues it" if self.interrupted else "unfinished")
+            )
+        rows = "".join(f"<tr><th style='text-align:left'>{escape(k)}</th><td>{escape(v)}</td></tr>" for k, v in facts)
+        curves = self.dir / "curves.png"
+        return f"<table>{rows}</table>" + (image_tag(curves, "training curves") if curves.is_file() else "")
 
 
 def train(data="mnist-sample", model=None, *, out: str | Path | None = None, callbacks: list[Callback] = (), progress: bool = True,

@@ -191,6 +191,14 @@ def write_confusion_csv(confusion: torch.Tensor, classes: list[str], path: str |
     write_text(Path(path), buf.getvalue())  # atomically, like every file of a run: a full disk is one line, not half a file
 
 
+def read_confusion_csv(path: Path):
+    """confusion_matrix.csv back: the class names and the K x K counts (rows true, columns predicted)."""
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    classes = rows[0][1:]
+    return classes, torch.tensor([[int(v) for v in row[1:]] for row in rows[1:]])
+
+
 @dataclass
 class Evaluation:
     """A run's model tested on one split (imgcls.evaluate): the figures, and the files written."""

@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imgcls.autoencode.train import encode, load_checkpoint, load_model
+from imgcls.autoencode.codes import encode
+from imgcls.autoencode.train import load_checkpoint, load_model
 from imgcls.checkpoint import normalisation
 from imgcls.data.images import ImageReadError, read_image
 from imgcls.device import pick_device

@@ -8,8 +8,8 @@ import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from imgcls.autoencode.codes import Encoded, decode, reconstruct
 from imgcls.autoencode.models import AutoEncoder
-from imgcls.autoencode.train import Encoded, decode, reconstruct
 from imgcls.data.core import Dataset
 from imgcls.files import printable, write_text
 from imgcls.report import plots
