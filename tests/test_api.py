@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import imgcls
-from conftest import api_resume, api_train, make_folder, one_line_error, run_cli
+from conftest import SHARED_DATA, api_resume, api_train, make_folder, needs_shared_data, one_line_error, run_cli
 from imgcls.training.callbacks import Callback
 
 NETS = '''
@@ -299,3 +299,28 @@ def test_a_folder_of_photos_trains_from_python_as_from_the_command_line(tmp_path
     photos = make_folder(tmp_path / "photos", per_class=15)
     run = api_train(str(photos), epochs=1, batch_size=8)
     assert run.summary["classes"] == ["cat", "dog"] and (run.dir / "split.json").is_file()
+
+
+def test_every_train_option_is_declared_once_and_becomes_a_flag():
+    from dataclasses import fields
+
+    from imgcls.cli import build_parser
+    from imgcls.options import SETUP, TrainConfig
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices
+    train_flags = {o for a in sub["train"]._actions for o in a.option_strings}
+    lr_find_flags = {o for a in sub["lr-find"]._actions for o in a.option_strings}
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in train_flags and f.metadata["help"], flag
+        assert (flag in lr_find_flags) == (f.metadata["group"] == SETUP), flag
+
+
+@needs_shared_data
+def test_a_torchvision_dataset_works_as_it_is():
+    import torchvision
+
+    mnist = torchvision.datasets.MNIST(SHARED_DATA, train=False, download=False)
+    run = api_train(mnist, epochs=2)
+    assert run.summary["classes"] == mnist.classes and run.summary["test_images"] == 2000
+    assert run.summary["test_accuracy"] > 0.9 and run.config["data"] == "python:MNIST"
