@@ -1,9 +1,9 @@
 """imgcls's Python API: everything the command line does, as calls that return objects and raise ImgclsError.
 
-    import imgcls
-    run = imgcls.train("mnist-sample", epochs=3)          # or your own nn.Module class and Dataset
-    run.summary["test_accuracy"]
-    imgcls.load(run).predict("digit.png")[0].label
+import imgcls
+run = imgcls.train("mnist-sample", epochs=3)          # or your own nn.Module class and Dataset
+run.summary["test_accuracy"]
+imgcls.load(run).predict("digit.png")[0].label
 """
 
 import logging

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from imgcls.cli.flags import positive, writable
+from imgcls.cli.flags import only_machine_options, positive, writable
 from imgcls.errors import ImgclsError
 
 AE_KEYS = ["data", "data_dir", "variational", "latent_dim", "epochs", "batch_size", "lr", "beta", "seed", "device", "val_fraction",
@@ -65,10 +65,7 @@ def cmd_autoencode(args) -> int:
     given = {k: getattr(args, k) for k in AE_KEYS if getattr(args, k) is not None}
     try:
         if args.resume:
-            fixed = [k for k in given if k not in ("device", "data_dir")]
-            if fixed or args.out:
-                flags = ", ".join("--" + k.replace("_", "-") for k in [*fixed, *(["out"] if args.out else [])])
-                raise ImgclsError(f"--resume continues with the run's saved settings: drop {flags}")
+            only_machine_options(given, args.out)
             run_dir, summary = resume(args.resume, device=args.device, data_dir=args.data_dir)
         else:
             run_dir, summary = train(AEConfig(**given), out=writable("--out", args.out, folder=True))

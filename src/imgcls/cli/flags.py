@@ -5,7 +5,7 @@ import argparse
 import json
 import math
 import types
-from dataclasses import MISSING, fields
+from dataclasses import fields
 from pathlib import Path
 
 from imgcls.errors import ImgclsError
@@ -70,10 +70,13 @@ def as_flags(options: dict) -> list[str]:
     return out
 
 
-def default(name: str):
-    """A TrainConfig field's default (for help texts that name it)."""
-    f = next(f for f in fields(TrainConfig) if f.name == name)
-    return None if f.default is MISSING else f.default
+def only_machine_options(given: dict, out: str | None) -> None:
+    """--resume continues with the run's saved settings: only --device and --data-dir, which change with the machine,
+    may be given beside it."""
+    fixed = [k for k in given if k not in ("device", "data_dir")]
+    if fixed or out:
+        flags = ", ".join(flag(k) for k in [*fixed, *(["out"] if out else [])])
+        raise ImgclsError(f"--resume continues with the run's saved settings: drop {flags}")
 
 
 def writable(option: str, path: str | None, folder: bool = False) -> Path | None:

@@ -5,7 +5,7 @@ import shlex
 import signal
 import sys
 
-from imgcls.cli.flags import add_train_options, as_flags, given, writable
+from imgcls.cli.flags import add_train_options, as_flags, given, only_machine_options, writable
 from imgcls.errors import ImgclsError
 from imgcls.options import SETUP, TRAIN
 
@@ -65,10 +65,7 @@ def cmd_train(args) -> int:
     options = given(args, (SETUP, TRAIN))
     callbacks = _loggers(args)
     if args.resume:
-        fixed = [k for k in options if k not in ("device", "data_dir")]  # these two may change with the machine
-        if fixed or args.out:
-            flags = ", ".join("--" + k.replace("_", "-") for k in [*fixed, *(["out"] if args.out else [])])
-            raise ImgclsError(f"--resume continues with the run's saved settings: drop {flags}")
+        only_machine_options(options, args.out)
         run = imgcls.resume(args.resume, device=args.device, data_dir=args.data_dir, callbacks=callbacks)
     else:
         run = imgcls.train(out=writable("--out", args.out, folder=True), callbacks=callbacks, **options)
