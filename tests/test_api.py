@@ -324,3 +324,26 @@ def test_a_torchvision_dataset_works_as_it_is():
     run = api_train(mnist, epochs=2)
     assert run.summary["classes"] == mnist.classes and run.summary["test_images"] == 2000
     assert run.summary["test_accuracy"] > 0.9 and run.config["data"] == "python:MNIST"
+
+
+def test_an_instance_is_trained_in_place_and_a_stopped_run_of_a_file_class_resumes_from_another_folder(nets, tmp_path, capsys):
+    from nets import Net
+
+    net = Net(10, hidden=32)
+    before = net.body[1].weight.clone()
+    run = api_train(model=net, epochs=1, model_args={"hidden": 32}, out=tmp_path / "instance")
+    assert not torch.equal(net.body[1].weight, before)  # the user's own object was trained
+    assert run.config["model"] == f"{nets}:Net" and imgcls.load(run).predict(sample("test", 1)[0])[0].label is not None
+
+    class StopAtOnce(Callback):
+        def on_step(self, trainer):
+            trainer.request_stop()
+
+    stopped = api_train(model=Net, epochs=2, out=tmp_path / "stopped", callbacks=[StopAtOnce()])
+    assert stopped.interrupted is not None
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    resumed = subprocess.run([sys.executable, "-m", "imgcls", "train", "--resume", str(stopped.dir)], capture_output=True, text=True,
+                             cwd=elsewhere, timeout=300)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming at epoch 1/2, step 1/" in resumed.stdout and json.loads((stopped.dir / "summary.json").read_text())["epochs_run"] == 2
