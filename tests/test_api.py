@@ -78,6 +78,7 @@ def nets(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "nets.py"
     path.write_text(NETS)
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "nets", raising=False)  # each test imports its own file
     return path
 
 

@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from imgcls.config import TrainConfig
 from imgcls.data.registry import PYTHON
+from imgcls.data.user import handed_over
 from imgcls.errors import ImgclsError
 from imgcls.files import read_json
 from imgcls.interrupt import Interrupted
@@ -131,16 +132,11 @@ def train(data="mnist-sample", model=None, *, out: str | Path | None = None, cal
 
     A run stopped early (Ctrl-C, SIGTERM, a callback's trainer.request_stop()) returns unfinished, with `interrupted`
     set; imgcls.resume(run) continues it."""
-    from imgcls.data.user import from_python, is_python_object
     from imgcls.training import run as training
 
     spec, instance = _model(model)
-    dataset = None
-    if is_python_object(data):
-        probe = TrainConfig.from_options(**options)  # the options that split and size the data, checked first
-        dataset = from_python(data, probe.seed, probe.val_fraction, probe.image_size)
-        data = PYTHON + dataset.name
-    cfg = TrainConfig.from_options(data=str(data), model=spec, **options)
+    dataset, data = _python_data(data, options)
+    cfg = TrainConfig.from_options(data=data, model=spec, **options)
     try:
         run_dir, summary = training.train(cfg, out, standard(progress, cfg.report, callbacks), data=dataset, model=instance)
     except Interrupted as stop:
@@ -153,16 +149,14 @@ def resume(run, *, data=None, model=None, device: str | None = None, data_dir: s
     """Continue a stopped run (a Run, its folder or its last.pt) from where it stopped, with its saved settings; a
     finished one is tested again. `device` and `data_dir` may change; a run on your own Python data or model is handed
     them again (`data`, `model`: the class, or an instance)."""
-    from imgcls.data.user import from_python
     from imgcls.training import run as training
 
     path = run.dir if isinstance(run, Run) else Path(run)
     _, instance = _model(model) if model is not None else (None, None)
     dataset = None
     if data is not None:
-        folder = training.run_folder(path)[1]
-        saved = Run.open(folder).config
-        dataset = from_python(data, saved["seed"], saved["val_fraction"], saved.get("image_size"))
+        saved = TrainConfig.from_dict(Run.open(training.run_folder(path)[1]).config)
+        dataset = handed_over(data, saved.seed, saved.val_fraction, saved.image_size, saved.image_root, saved.class_names())
     saved = Run(training.run_folder(path)[1])
     report = saved.config.get("report", True) if (saved.dir / "config.json").is_file() else True
     try:
@@ -170,6 +164,17 @@ def resume(run, *, data=None, model=None, device: str | None = None, data_dir: s
     except Interrupted as stop:
         return _stopped(stop)
     return Run(run_dir, summary=summary)
+
+
+def _python_data(data, options: dict):
+    """(the Dataset, the name a run records) of what Python handed over as `data`; (None, data) for a name or a path."""
+    from imgcls.data.user import is_python_object
+
+    if not is_python_object(data):
+        return None, str(data)
+    given = TrainConfig.from_options(**options)  # the options that split and size the data, checked first
+    dataset = handed_over(data, given.seed, given.val_fraction, given.image_size, given.image_root, given.class_names())
+    return dataset, PYTHON + dataset.name
 
 
 def _stopped(stop: Interrupted) -> Run:
@@ -210,16 +215,11 @@ def lr_find(data="mnist-sample", model=None, *, out: str | Path | None = None, s
             end_lr: float = 10.0, **options):  # fmt: skip
     """fastai's lr_find: a short run over growing learning rates; returns an imgcls.training.lr_find.LrFind whose
     `steepest` is the suggested lr, with `dir` (lr_find.csv, .json, .png) and `config` (filled in as train's)."""
-    from imgcls.data.user import from_python, is_python_object
     from imgcls.training.lr_find import lr_find as probe
 
     spec, _ = _model(model)
-    dataset = None
-    if is_python_object(data):
-        given = TrainConfig.from_options(**options)
-        dataset = from_python(data, given.seed, given.val_fraction, given.image_size)
-        data = PYTHON + dataset.name
-    return probe(TrainConfig.from_options(data=str(data), model=spec, **options), out, steps, start_lr, end_lr, data=dataset)
+    dataset, data = _python_data(data, options)
+    return probe(TrainConfig.from_options(data=data, model=spec, **options), out, steps, start_lr, end_lr, data=dataset)
 
 
 def load(run_or_checkpoint, device: str | None = None, backend: str = "torch"):
@@ -241,7 +241,6 @@ def check_data(data, *, out: str | Path | None = None, label_errors: bool = Fals
     the imgcls.data.health.Health, with `out` and `written` (the pictures' names)."""
     from imgcls.data import dataset_name
     from imgcls.data.health import check_dataset
-    from imgcls.data.registry import is_folder_spec
     from imgcls.report.health import write_findings
     from imgcls.training.crossval import check_folds, cross_validated
 
@@ -252,6 +251,6 @@ def check_data(data, *, out: str | Path | None = None, label_errors: bool = Fals
     if label_errors:
         health.label_errors = cross_validated(dataset, folds)
         health.seconds["label_errors"] = health.label_errors.seconds
-    health.written = write_findings(health, out, root=Path(data).expanduser() if is_folder_spec(str(data)) else None)
+    health.written = write_findings(health, out, root=dataset.root)
     health.out = out
     return health

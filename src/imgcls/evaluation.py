@@ -16,12 +16,13 @@ from imgcls.data import Dataset, load_dataset
 from imgcls.data.augment import prepare
 from imgcls.data.core import Split
 from imgcls.data.registry import is_folder_spec
-from imgcls.data.user import from_python, is_python_object
+from imgcls.data.user import handed_over, is_python_object
 from imgcls.device import amp_dtype, autocast, pick_device, use_channels_last
 from imgcls.errors import ImgclsError
 from imgcls.files import write_text
 from imgcls.interrupt import during
 from imgcls.models import get_model_info
+from imgcls.options import TrainConfig
 from imgcls.runs import read_split
 
 EVAL_VALUES = 1 << 23  # input values per evaluation batch (32 MB of floats)
@@ -108,8 +109,9 @@ def checkpoint_data(ckpt: dict, spec=None, data_dir: str | None = None) -> Datas
     """The data to test a checkpoint on: by default its own, with the run's saved split; another dataset, folder or
     Python dataset (imgcls.data.user) must have the model's classes, and folders are decoded to its input shape."""
     cfg = ckpt["config"]
+    names = TrainConfig.from_dict(cfg).class_names()  # a table's integer labels, named as the run named them
     if is_python_object(spec):  # the user's own data, handed over from Python: split as the run split it
-        data, spec = from_python(spec, cfg["seed"], cfg["val_fraction"], cfg.get("image_size")), "the data"
+        data, spec = handed_over(spec, cfg["seed"], cfg["val_fraction"], cfg.get("image_size"), class_names=names), "the data"
     else:
         # Runs store a folder's absolute path; the user may name it relatively.
         same_data = (
@@ -120,6 +122,7 @@ def checkpoint_data(ckpt: dict, spec=None, data_dir: str | None = None) -> Datas
         data = load_dataset(
             spec, data_dir=data_dir or cfg.get("data_dir"), seed=cfg["seed"], val_fraction=cfg["val_fraction"], channels=channels,
             image_size=size, split_files=read_split(Path(ckpt["path"]).parent) if same_data else None,
+            image_root=cfg.get("image_root") if same_data else None, class_names=names,
         )  # fmt: skip
     if list(data.classes) != ckpt["classes"]:
         raise ImgclsError(

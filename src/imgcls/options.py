@@ -47,7 +47,10 @@ def positive(kind=int):
 @dataclass
 class TrainConfig:
     # None means "unset": fill_defaults takes the value from the recipe for this data.
-    data: str = opt("mnist-sample", "dataset name (see `imgcls datasets`) or an image folder path [mnist-sample]", metavar="NAME|PATH")
+    data: str = opt(
+        "mnist-sample", "dataset name (see `imgcls datasets`), an image folder path, or a CSV table of image paths and labels "
+        "[mnist-sample]", metavar="NAME|PATH",
+    )  # fmt: skip
     data_dir: str | None = opt(help="where named datasets live [$IMGCLS_DATA or a per-user cache folder]", metavar="DIR")
     recipe: str = opt("fast", "tuned settings for every option left unset (see README) [fast]", choices=("fast", "quick", "accurate"))
     model: str | None = opt(
@@ -86,6 +89,10 @@ class TrainConfig:
         help="resize folder images to this square size [their own size if all share one up to 256 px, else 128 on a CPU, 224 on a GPU]",
         metavar="PX", limit=(int, lambda v: 1 <= v <= MAX_SIDE, f"between 1 and {MAX_SIDE:,} (the {MAX_PIXELS // 10**6}-megapixel decode limit)"),
     )  # fmt: skip
+    image_root: str | None = opt(help="a table's (--data FILE.csv) image paths are relative to this folder [the table's folder]",
+                                 metavar="DIR")  # fmt: skip
+    classes: str | None = opt(help="a table's integer labels 0, 1, 2, ... name these classes, comma-separated: cat,dog,bird "
+                              "[the integers themselves]", metavar="A,B,...")  # fmt: skip
     weights: str | None = opt(help="initial weights: a run folder or a .pt/.pth/.safetensors state dict", metavar="PATH")
     pretrained: str = opt(
         "auto", "the model's ImageNet weights (torchvision: $TORCH_HOME/hub/checkpoints, timm: the Hugging Face cache): auto uses "
@@ -177,6 +184,13 @@ class TrainConfig:
             crop_padding=self.crop_padding or 0, pad_mode=self.pad_mode or "zeros", flip=bool(self.flip), rotate=self.rotate or 0.0, crop_scale=self.crop_scale or 1.0,
             alternate_flips=bool(self.alternate_flips),
         )  # fmt: skip
+
+    def class_names(self) -> list[str] | None:
+        """--classes as a list: given comma-separated on the command line, or as a list from Python."""
+        if self.classes is None:
+            return None
+        names = self.classes.split(",") if isinstance(self.classes, str) else list(self.classes)
+        return [str(n).strip() for n in names]
 
     def model_options(self) -> dict:
         """What the model's builder takes besides the shape and classes: the built-ins' options, a user model's args."""

@@ -2,6 +2,7 @@
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -34,6 +35,7 @@ class Dataset:
     split_files: dict[str, list[str]] | None = None  # folder datasets: which file went where
     dropped: list[dict] | None = None  # folder datasets under --dedupe: the files left out, and why (health.dedupe)
     resized_to: int | None = None  # folder datasets: the square side they were resized to for want of --image-size
+    root: Path | None = None  # folder and table datasets: the folder their file names (split_files) are relative to
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -128,7 +128,7 @@ def scan(root: Path) -> tuple[list[str], list[Entry]]:
 def _check_every_class_has_training_images(classes: list[str], labels: list[int], where: Path, what: str) -> None:
     """A class with no training images cannot be learnt and would only skew the metrics."""
     counts = Counter(labels)
-    empty = [f"{where / c}" for i, c in enumerate(classes) if counts[i] == 0]
+    empty = [f"{where / c}" if where.is_dir() else f"class {c} of {where}" for i, c in enumerate(classes) if counts[i] == 0]
     if empty:
         them = "them" if len(empty) > 1 else "it"
         raise ImgclsError(f"{', '.join(empty)} {'have' if len(empty) > 1 else 'has'} no {what}: add images to {them} or remove {them}")
@@ -340,10 +340,33 @@ def load_folder(
 ) -> Dataset:
     root = root.expanduser()
     classes, entries = scan(root)
+    train_top = root / "train" if (root / "train").is_dir() else root
+    return load_files(root, classes, entries, root.resolve().name, train_top, seed=seed, val_fraction=val_fraction, channels=channels,
+                      image_size=image_size, split_files=split_files, default_size=default_size)  # fmt: skip
+
+
+def load_files(
+    root: Path,
+    classes: list[str],
+    entries: list[Entry],
+    name: str,
+    where: Path,
+    *,
+    seed: int = 0,
+    val_fraction: float = 0.1,
+    channels: int | None = None,
+    image_size: int | None = None,
+    split_files: dict[str, list[str]] | None = None,
+    default_size: int = DEFAULT_SIZE,
+    skipped: list[str] = (),
+) -> Dataset:
+    """The files of `entries` (paths relative to root, their labels and split folders, from a folder's classes or a
+    table's rows), decoded once into the cache, and split: by their split folder or column, else held out, or as a
+    run's split.json says (split_files). `where` is what errors name; `skipped` lists entries left out already."""
     key = mapped.cache_key(
         str(root.resolve()), channels, image_size or f"default {default_size}", [(e.rel, e.size, e.mtime_ns) for e in entries]
     )
-    with mapped.locked(key, str(root)):
+    with mapped.locked(key, str(where)):
         stored = decode_cached(root, [e.rel for e in entries], key, channels, image_size, default_size)
         meta = {e.rel: (e.label, e.split) for e in entries}
         readable = set(stored.ids)
@@ -352,20 +375,19 @@ def load_folder(
         if split_files is None:
             index = _assign(labels, [meta[rel][1] for rel in files], seed, val_fraction)
         else:
-            index = _replayed(root, files, split_files)
+            index = _replayed(where, files, split_files)
         for s in SPLITS:
             if len(index[s]) == 0:
-                raise ImgclsError(f"{root} leaves no images for the {s} split: add more images per class")
+                raise ImgclsError(f"{where} leaves no images for the {s} split: add more images per class")
         if split_files is None:  # a replayed split (resume, evaluate) is checked against the run's classes instead
-            train_top = root / "train" if (root / "train").is_dir() else root
-            _check_every_class_has_training_images(classes, labels[index["train"]].tolist(), train_top, "readable training images")
+            _check_every_class_has_training_images(classes, labels[index["train"]].tolist(), where, "readable training images")
             _warn_small_classes(classes, index, labels)
         names = {s: [files[i] for i in index[s].tolist()] for s in SPLITS}
         images = mapped.arrange(stored, names)
     parts = {s: Split(images[s], labels[index[s]]) for s in SPLITS}
     mean, std = channel_stats(parts["train"].images)
     return Dataset(
-        name=root.resolve().name,
+        name=name,
         classes=classes,
         train=parts["train"],
         val=parts["val"],
@@ -373,9 +395,10 @@ def load_folder(
         mean=mean,
         std=std,
         flips_ok=images["train"].shape[1] == 3,
-        skipped=stored.meta["skipped"],
+        skipped=[*skipped, *stored.meta["skipped"]],
         split_files=names,
         resized_to=stored.meta.get("resized_to"),
+        root=root,
     )
 
 

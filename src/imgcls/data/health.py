@@ -686,12 +686,12 @@ def check(data: Dataset, root: Path | None = None) -> Health:
 
 def check_dataset(spec: str, data_dir: str | None = None) -> tuple[Dataset, Health]:
     """Load a named dataset or folder as training would (same split, same cache) and check it."""
-    from imgcls.data.registry import is_folder_spec, load_dataset
+    from imgcls.data.registry import load_dataset
 
     start = time.perf_counter()
     data = load_dataset(spec, data_dir=data_dir)
     loaded = time.perf_counter() - start
     with during(f"checking {printable(spec)}", "no findings were written"):
-        health = check(data, Path(spec).expanduser() if is_folder_spec(spec) else None)
+        health = check(data, data.root)
     health.seconds = {"load": loaded, **health.seconds}
     return data, health

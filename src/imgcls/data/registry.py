@@ -59,6 +59,11 @@ def is_folder_spec(spec: str) -> bool:
     )
 
 
+def is_table(spec: str) -> bool:
+    """A CSV file of image paths and labels (imgcls.data.table)."""
+    return str(spec).lower().endswith(".csv")
+
+
 def is_python_data(spec: str) -> bool:
     return spec.startswith(PYTHON)
 
@@ -73,6 +78,8 @@ def load_dataset(
     image_size: int | None = None,
     split_files: dict[str, list[str]] | None = None,
     default_size: int | None = None,
+    image_root: str | Path | None = None,
+    class_names: list[str] | None = None,
 ) -> Dataset:
     """Load a named dataset or an image folder into memory, with a validation split.
 
@@ -87,6 +94,12 @@ def load_dataset(
             f"the run trained on a Python dataset ({spec.removeprefix(PYTHON)}), which only Python can hand over: pass it "
             "again, as in imgcls.resume(run, data=...) or imgcls.evaluate(run, data=...)"
         )
+    if is_table(spec):
+        from imgcls.data.table import load_table
+
+        sizing = {"default_size": default_size} if default_size else {}
+        return load_table(spec, image_root=image_root, class_names=class_names, seed=seed, val_fraction=val_fraction, channels=channels,
+                          image_size=image_size, split_files=split_files, **sizing)  # fmt: skip
     if is_folder_spec(spec):
         from imgcls.data.folder import load_folder
 
@@ -101,6 +114,8 @@ def dataset_name(spec: str) -> str:
     """Short name for run folders: the registry name, or the folder's own name."""
     if spec in DATASETS or is_python_data(spec):
         return spec.removeprefix(PYTHON)
+    if is_table(spec):
+        return Path(spec).stem
     return Path(spec).resolve().name or "folder"
 
 

@@ -29,6 +29,18 @@ def is_python_object(data) -> bool:
     return data is not None and not isinstance(data, str | bytes) and not hasattr(data, "__fspath__")
 
 
+def handed_over(
+    data, seed: int = 0, val_fraction: float = 0.1, image_size: int | None = None, image_root=None, class_names=None
+) -> Dataset:
+    """A Dataset of what a Python caller handed over: a pandas DataFrame of paths and labels (imgcls.data.table), or
+    images (from_python)."""
+    if hasattr(data, "columns") and hasattr(data, "itertuples"):
+        from imgcls.data.table import load_table
+
+        return load_table(data, image_root=image_root, class_names=class_names, seed=seed, val_fraction=val_fraction, image_size=image_size)
+    return from_python(data, seed, val_fraction, image_size)
+
+
 def from_python(data, seed: int = 0, val_fraction: float = 0.1, image_size: int | None = None, name: str | None = None) -> Dataset:
     """A Dataset of the user's data: `data` is a map-style dataset, an (images, labels) pair, or {"train": ..., "val":
     ..., "test": ...} of either; `image_size` resizes every image to that square side (as mixed sizes are anyway)."""

@@ -73,7 +73,7 @@ def write_report(
     if data is not None and data.split_files is not None:
         from imgcls.report.health import run_health
 
-        health = run_health(run_dir, data, config.get("data"), probs)
+        health = run_health(run_dir, data, probs)
     page = html.render(run_dir, PLOTS, config, summary, test, confusion, classes, history, health)
     path = run_dir / "report.html"
     write_text(path, page)

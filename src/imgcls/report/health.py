@@ -396,10 +396,10 @@ def html_section(health: Health, out: Path, written: dict[str, str], run: RunFin
 {pictures}"""
 
 
-def run_health(run_dir: Path, data: Dataset, root: str | Path | None, probs: torch.Tensor) -> str:
-    """After a run on a folder: check its data, add what the test predictions tell, write health.json and the
+def run_health(run_dir: Path, data: Dataset, probs: torch.Tensor) -> str:
+    """After a run on a folder or table: check its data, add what the test predictions tell, write health.json and the
     pictures into the run folder; the report.html section."""
-    root = Path(root) if root is not None and Path(root).is_dir() else None
+    root = data.root if data.root is not None and data.root.is_dir() else None
     health = check(data, root)
     run = run_findings(health, probs)
     written = write_findings(health, run_dir, run, root)

@@ -57,7 +57,7 @@ def load_run_data(cfg: TrainConfig, split_files=None) -> Dataset:
         )
     load = partial(
         load_dataset, cfg.data, data_dir=cfg.data_dir, seed=cfg.seed, val_fraction=cfg.val_fraction, image_size=cfg.image_size,
-        default_size=default_size,
+        default_size=default_size, image_root=cfg.image_root, class_names=cfg.class_names(),
     )  # fmt: skip
     if cfg.dedupe and split_files is None:  # the seed's split less the copies; resume and evaluate replay what split.json keeps
         kept, dropped = dedupe(load())
@@ -109,7 +109,8 @@ def findable(cfg: TrainConfig) -> TrainConfig:
     data = os.path.abspath(Path(cfg.data).expanduser()) if is_folder_spec(cfg.data) else cfg.data
     data_dir = os.path.abspath(Path(cfg.data_dir).expanduser()) if cfg.data_dir else None
     weights = os.path.abspath(Path(cfg.weights).expanduser()) if cfg.weights else None
-    return replace(cfg, data=data, data_dir=data_dir, weights=weights)
+    image_root = os.path.abspath(Path(cfg.image_root).expanduser()) if cfg.image_root else None
+    return replace(cfg, data=data, data_dir=data_dir, weights=weights, image_root=image_root)
 
 
 def fit(trainer: Trainer) -> dict:
