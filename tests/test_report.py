@@ -76,8 +76,8 @@ def test_training_leaves_every_plot_and_a_self_contained_report(trained_run):
     assert "http://" not in text and "https://" not in text
     summary = json.loads((trained_run / "summary.json").read_text())
     assert f"{summary['test_accuracy']:.2%}" in text  # the page's accuracy is the run's
-    per_class = [r for r in page.rows if r and r[0] in {str(d) for d in range(10)} and len(r) == 4]
-    assert len(per_class) == 10 and sum(int(r[3]) for r in per_class) == 2000
+    per_class = [r for r in page.rows if r and r[0] in {str(d) for d in range(10)} and len(r) == 5]  # class, accuracy, precision, ...
+    assert len(per_class) == 10 and sum(int(r[4]) for r in per_class) == 2000 and all(r[2].endswith("%") for r in per_class)
     assert ["model", "mlp"] in page.rows and ["data", "mnist-sample"] in page.rows
 
 

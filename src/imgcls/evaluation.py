@@ -40,6 +40,29 @@ class EvalResult:
         totals = self.confusion.sum(1)
         return {c: (self.confusion[i, i].item() / totals[i].item() if totals[i] else None) for i, c in enumerate(classes)}
 
+    def per_class_precision(self, classes: list[str]) -> dict[str, float | None]:
+        """The share of each class's predictions that were right; None for a class never predicted."""
+        predicted = self.confusion.sum(0)
+        return {c: (self.confusion[i, i].item() / predicted[i].item() if predicted[i] else None) for i, c in enumerate(classes)}
+
+    @property
+    def balanced_accuracy(self) -> float:
+        """The mean of the per-class accuracies (recalls) over the classes this split has: accuracy as if every class
+        were equally frequent. Exact from the confusion matrix (what scikit-learn's balanced_accuracy_score computes)."""
+        totals = self.confusion.sum(1).double()
+        present = totals > 0
+        return (self.confusion.diagonal().double()[present] / totals[present]).mean().item() if present.any() else float("nan")
+
+    @property
+    def macro_f1(self) -> float:
+        """The mean F1 over the classes that occur in this split or its predictions (scikit-learn's f1_score(average="macro")
+        with zero_division=0), from the confusion matrix."""
+        hits = self.confusion.diagonal().double()
+        truths, predictions = self.confusion.sum(1).double(), self.confusion.sum(0).double()
+        seen = (truths + predictions) > 0
+        f1 = 2 * hits[seen] / (truths[seen] + predictions[seen])
+        return f1.mean().item() if seen.any() else float("nan")
+
 
 @torch.inference_mode()
 def predict_logits(
@@ -167,12 +190,13 @@ def evaluate_checkpoint(
         return ckpt, data, evaluate(model, getattr(data, split), mean, std, data.num_classes, batch_size=batch_size, **settings)
 
 
-def format_per_class(per_class: dict[str, float | None], confusion: torch.Tensor) -> str:
+def format_per_class(per_class: dict[str, float | None], confusion: torch.Tensor, precision: dict[str, float | None]) -> str:
+    """Per class: accuracy (recall), precision, correct and total, as a text table."""
     width = max(8, *(len(c) for c in per_class))
-    lines = [f"{'class':<{width}}  {'accuracy':>8}  {'correct':>7}  {'total':>6}"]
+    lines = [f"{'class':<{width}}  {'accuracy':>8}  {'precision':>9}  {'correct':>7}  {'total':>6}"]
     for i, (name, acc) in enumerate(per_class.items()):
-        shown = "   n/a" if acc is None else f"{acc:8.2%}"
-        lines.append(f"{name:<{width}}  {shown:>8}  {confusion[i, i].item():>7}  {confusion[i].sum().item():>6}")
+        shown = [("n/a" if v is None else f"{v:.2%}") for v in (acc, precision[name])]
+        lines.append(f"{name:<{width}}  {shown[0]:>8}  {shown[1]:>9}  {confusion[i, i].item():>7}  {confusion[i].sum().item():>6}")
     return "\n".join(lines)
 
 
@@ -213,6 +237,9 @@ class Evaluation:
     loss: float
     accuracy: float
     per_class_accuracy: dict[str, float | None]
+    balanced_accuracy: float
+    macro_f1: float
+    per_class_precision: dict[str, float | None] = field(repr=False)
     confusion: torch.Tensor = field(repr=False)
     classes: list[str] = field(repr=False)
     files: list[Path] = field(default_factory=list)
@@ -232,14 +259,16 @@ def evaluate_run(
     per_class = result.per_class_accuracy(dataset.classes)
     name = data if isinstance(data, str) else ckpt["config"]["data"] if data is None else dataset.name
     found = Evaluation(name, dataset.name, split, int(result.confusion.sum()), result.loss, result.accuracy, per_class,
-                       result.confusion, dataset.classes)  # fmt: skip
+                       result.balanced_accuracy, result.macro_f1, result.per_class_precision(dataset.classes), result.confusion,
+                       dataset.classes)  # fmt: skip
     folder = Path(out) if out is not None else Path(ckpt["path"]).parent
     folder.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = folder / f"confusion_matrix_{split}.csv", folder / f"evaluation_{split}.json"
     write_confusion_csv(result.confusion, dataset.classes, csv_path)
     write_json(json_path, {
         "checkpoint": ckpt["path"], "data": name, "split": split, "images": found.images, "loss": found.loss, "accuracy": found.accuracy,
-        "per_class_accuracy": per_class,
+        "balanced_accuracy": found.balanced_accuracy, "macro_f1": found.macro_f1, "per_class_accuracy": per_class,
+        "per_class_precision": found.per_class_precision,
     })  # fmt: skip
     found.files = [csv_path, json_path]
     return found

@@ -17,6 +17,8 @@ SCHEDULES = ("cosine", "onecycle", "linear", "step", "none")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PRETRAINED = ("auto", "on", "off")
 PAD_MODES = ("zeros", "reflect")
+BALANCES = ("none", "weight", "sample")
+AUTO_AUGMENTS = ("none", "trivial", "rand")
 # Options of the model's builder (imgcls.models), saved in checkpoints so that every later use rebuilds the same model.
 MODEL_OPTIONS = (  # what the model builders take
     "dropout", "hidden_size", "layers", "bidirectional", "pool", "width", "whiten", "dirac", "bn_scale", "logit_scale",
@@ -48,8 +50,8 @@ def positive(kind=int):
 class TrainConfig:
     # None means "unset": fill_defaults takes the value from the recipe for this data.
     data: str = opt(
-        "mnist-sample", "dataset name (see `imgcls datasets`), an image folder path, or a CSV table of image paths and labels "
-        "[mnist-sample]", metavar="NAME|PATH",
+        "mnist-sample", "dataset name (see `imgcls datasets`), an image folder path, a CSV table of image paths and labels, "
+        "or a Hugging Face dataset: hf:NAME[:CONFIG] or hf:SAVED_FOLDER [mnist-sample]", metavar="NAME|PATH",
     )  # fmt: skip
     data_dir: str | None = opt(help="where named datasets live [$IMGCLS_DATA or a per-user cache folder]", metavar="DIR")
     recipe: str = opt("fast", "tuned settings for every option left unset (see README) [fast]", choices=("fast", "quick", "accurate"))
@@ -93,6 +95,8 @@ class TrainConfig:
                                  metavar="DIR")  # fmt: skip
     classes: str | None = opt(help="a table's integer labels 0, 1, 2, ... name these classes, comma-separated: cat,dog,bird "
                               "[the integers themselves]", metavar="A,B,...")  # fmt: skip
+    image_column: str | None = opt(help="--data hf:...: the column of the images [the one whose feature is an Image]", metavar="NAME")
+    label_column: str | None = opt(help="--data hf:...: the column of the labels [the one whose feature is a ClassLabel]", metavar="NAME")
     weights: str | None = opt(help="initial weights: a run folder or a .pt/.pth/.safetensors state dict", metavar="PATH")
     pretrained: str = opt(
         "auto", "the model's ImageNet weights (torchvision: $TORCH_HOME/hub/checkpoints, timm: the Hugging Face cache): auto uses "
@@ -129,6 +133,18 @@ class TrainConfig:
         help="random resized crops of at least this part of the area [recipe: fine-tuned photos 0.35, else 1: none]", metavar="F",
         limit=(float, lambda v: 0 < v <= 1, "in (0, 1]"),
     )  # fmt: skip
+    auto_augment: str | None = opt(
+        help="torchvision's TrivialAugmentWide (trivial) or RandAugment (rand) on the training batches [recipe: none]", choices=AUTO_AUGMENTS
+    )  # fmt: skip
+    mixup: float | None = opt(
+        help="MixUp with this Beta alpha (e.g. 0.2): pairs of training images blended, their labels as much; 0 = off [recipe: 0]",
+        metavar="ALPHA", limit=(float, lambda v: 0 <= v < math.inf, "zero (off) or more and finite"),
+    )  # fmt: skip
+    cutmix: float | None = opt(
+        help="CutMix with this Beta alpha (e.g. 1.0): a box of another training image pasted in, the labels mixed by area; "
+        "with --mixup, each batch takes one of the two; 0 = off [recipe: 0]",
+        metavar="ALPHA", limit=(float, lambda v: 0 <= v < math.inf, "zero (off) or more and finite"),
+    )  # fmt: skip
     clip_grad: float | None = opt(
         help="clip each step's gradient norm to NORM; 0 = off [recipe: rnn, lstm, gru 1, others off]", metavar="NORM",
         limit=(float, lambda v: 0 <= v < math.inf, "zero (off) or more and finite"),
@@ -164,6 +180,11 @@ class TrainConfig:
         group=TRAIN, metavar="N", limit=(int, lambda v: v >= 0, "zero or more"),
     )  # fmt: skip
     sync_bn: bool = opt(False, "several processes: batch norm over the global batch (CUDA) [off]", group=TRAIN)
+    balance: str | None = opt(
+        help="correct for classes out of balance: weight the loss by each class's inverse frequency, or sample classes evenly "
+        "(an epoch is then as many draws as images) [recipe: weight when the training classes are 3:1 or worse, else none]",
+        group=TRAIN, choices=BALANCES,
+    )  # fmt: skip
     report: bool = opt(True, "draw report.html and its plots at the end of the run [on]", group=TRAIN)
 
     def to_dict(self) -> dict:
@@ -182,7 +203,7 @@ class TrainConfig:
             return Augment()
         return Augment(
             crop_padding=self.crop_padding or 0, pad_mode=self.pad_mode or "zeros", flip=bool(self.flip), rotate=self.rotate or 0.0, crop_scale=self.crop_scale or 1.0,
-            alternate_flips=bool(self.alternate_flips),
+            alternate_flips=bool(self.alternate_flips), auto_augment=self.auto_augment or "none",
         )  # fmt: skip
 
     def class_names(self) -> list[str] | None:

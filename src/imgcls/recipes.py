@@ -11,7 +11,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from imgcls.data.core import Dataset
+from imgcls.data.core import Dataset, imbalance
 from imgcls.errors import ImgclsError
 from imgcls.models.recurrent import CELLS
 
@@ -98,7 +98,15 @@ def _finish(data: Dataset, given: dict, settings: dict) -> dict:
         scratch = _recurrent(data, given, settings) if recurrent(given) else settings
         settings = {**scratch, "crop_scale": 1.0, "freeze_epochs": 0, "lr_mult": 1.0}
     # What only some settings use, at the value that leaves the others as they were.
-    rest = {"momentum": 0.9, "norm_lr_mult": 1.0, "lookahead": False, "muon_lr": MUON_LR}
+    rest = {
+        "momentum": 0.9,
+        "norm_lr_mult": 1.0,
+        "lookahead": False,
+        "muon_lr": MUON_LR,
+        "auto_augment": "none",
+        "mixup": 0.0,
+        "cutmix": 0.0,
+    }
     return {**rest, **settings, "clip_grad": 1.0 if recurrent(given) else 0.0}
 
 
@@ -168,8 +176,15 @@ def accurate(data: Dataset, given: dict) -> dict:
     return settings
 
 
+IMBALANCE = 3.0  # the ratio of the largest training class to the smallest from which every recipe weights the loss
+
+
 def recipe_settings(name: str, data: Dataset, given: dict | None = None) -> dict:
-    """The recipe's value of every option for this data, derived from the options in `given` (the user's) where they bear on it."""
+    """The recipe's value of every option for this data, derived from the options in `given` (the user's) where they bear on it.
+    Every recipe weights the loss by class (--balance weight) when the training classes are 3:1 or worse: on CIFAR-10
+    with five classes cut to a tenth, it took the quick recipe from 70.4% to 80.2% and 70.2% to 81.2% (seeds 0, 1),
+    sampling classes evenly to 78.2% and 77.7% (bench/RESULTS.md)."""
     if name not in RECIPES:
         raise ImgclsError(f"unknown recipe '{name}': choose one of {', '.join(RECIPES)}")
-    return RECIPES[name].settings(data, given or {})
+    skewed = imbalance(data.train.labels, data.num_classes)[0] >= IMBALANCE
+    return {"balance": "weight" if skewed else "none", **RECIPES[name].settings(data, given or {})}

@@ -83,8 +83,11 @@ def cmd_evaluate(args) -> int:
     out = writable("--out", args.out, folder=True)
     result = imgcls.evaluate(args.checkpoint, args.data, split=args.split, device=args.device, batch_size=args.batch_size,
                              data_dir=args.data_dir, out=out)  # fmt: skip
-    print(f"{result.name} {args.split}: {result.images:,} images, loss {result.loss:.4f}, accuracy {result.accuracy:.2%}\n")
-    print(format_per_class(result.per_class_accuracy, result.confusion) + "\n")
+    print(
+        f"{result.name} {args.split}: {result.images:,} images, loss {result.loss:.4f}, accuracy {result.accuracy:.2%}, "
+        f"balanced accuracy {result.balanced_accuracy:.2%}, macro F1 {result.macro_f1:.4f}\n"
+    )
+    print(format_per_class(result.per_class_accuracy, result.confusion, result.per_class_precision) + "\n")
     print(format_confusion(result.confusion, result.classes))
     print(f"\nsaved {result.files[0]} and {result.files[1]}")
     return 0

@@ -22,16 +22,18 @@ class Augment:
     alternate_flips: bool = False  # with flip: each image mirrored on every other epoch instead of at random
     rotate: float = 0.0  # uniform rotation in [-rotate, +rotate] degrees
     crop_scale: float = 1.0  # smallest area fraction of a random resized crop; 1.0 = off
+    auto_augment: str = "none"  # torchvision's TrivialAugmentWide ("trivial") or RandAugment ("rand") on uint8 images
 
     @property
     def active(self) -> bool:
-        return self.crop_padding > 0 or self.flip or self.rotate > 0 or self.crop_scale < 1
+        return self.crop_padding > 0 or self.flip or self.rotate > 0 or self.crop_scale < 1 or self.auto_augment != "none"
 
     def describe(self) -> str:
         parts = [f"crop±{self.crop_padding}" + (f" ({self.pad_mode})" if self.pad_mode != "zeros" else "")] if self.crop_padding else []
         parts += [("alternating " if self.alternate_flips else "") + "flip"] if self.flip else []
         parts += [f"resized crop {self.crop_scale * 100:g}-100%"] if self.crop_scale < 1 else []
         parts += [f"rotate±{self.rotate:g}°"] if self.rotate else []
+        parts += [{"trivial": "TrivialAugmentWide", "rand": "RandAugment"}[self.auto_augment]] if self.auto_augment != "none" else []
         return ", ".join(parts) or "none"
 
 
@@ -105,6 +107,20 @@ def random_resized_crop(images: torch.Tensor, min_scale: float, generator: torch
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+AUTO_GROUPS = 16  # a batch's images take AUTO_GROUPS draws of the policy, a group each
+
+
+def auto_augment(images: torch.Tensor, policy: str) -> torch.Tensor:
+    """torchvision's TrivialAugmentWide or RandAugment on a uint8 batch. They draw one op (and magnitude) per call and
+    apply it to every image of the call, so the batch goes in AUTO_GROUPS groups, each with its own draw: the ops stay
+    torchvision's, at 16 calls a batch instead of a Python loop over its images. They draw from torch's global
+    generator, which last.pt saves, so a resumed run draws the same."""
+    from torchvision.transforms import v2  # imported on use: torchvision adds a second to start-up
+
+    op = v2.TrivialAugmentWide() if policy == "trivial" else v2.RandAugment()
+    return torch.cat([op(group) for group in images.chunk(AUTO_GROUPS)])
+
+
 def prepare(
     images: torch.Tensor,
     mean,
@@ -120,6 +136,8 @@ def prepare(
     Zero padding and zero fill happen before normalisation, so empty borders are black as in torchvision's RandomCrop.
     """
     if aug is not None and aug.active:
+        if aug.auto_augment != "none":
+            images = auto_augment(images, aug.auto_augment)
         if aug.crop_padding > 0:
             images = random_crop(images, aug.crop_padding, generator, aug.pad_mode)
         if aug.flip and aug.alternate_flips:

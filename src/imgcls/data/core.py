@@ -95,3 +95,11 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
         means.append(round(mean.item(), 4))
         stds.append(round(max(var.sqrt().item(), 1e-3), 4))
     return tuple(means), tuple(stds)
+
+
+def imbalance(labels: torch.Tensor, num_classes: int) -> tuple[float, int, int]:
+    """(the largest class's count over the smallest's, the largest class, the smallest) among classes with images."""
+    counts = torch.bincount(labels.cpu(), minlength=num_classes)
+    present = torch.nonzero(counts).flatten()
+    big, small = present[counts[present].argmax()].item(), present[counts[present].argmin()].item()
+    return counts[big].item() / max(counts[small].item(), 1), big, small

@@ -55,8 +55,18 @@ PYTHON = "python:"  # a run's data that a Python caller handed over (imgcls.data
 
 def is_folder_spec(spec: str) -> bool:
     return (
-        spec not in DATASETS and not is_python_data(spec) and ("/" in spec or "\\" in spec or spec.startswith(".") or Path(spec).exists())
+        spec not in DATASETS
+        and not is_python_data(spec)
+        and not is_hf(spec)
+        and ("/" in spec or "\\" in spec or spec.startswith(".") or Path(spec).exists())
     )
+
+
+HF = "hf:"  # a Hugging Face dataset (imgcls.data.hf)
+
+
+def is_hf(spec: str) -> bool:
+    return isinstance(spec, str) and spec.startswith(HF)
 
 
 def is_table(spec: str) -> bool:
@@ -80,6 +90,8 @@ def load_dataset(
     default_size: int | None = None,
     image_root: str | Path | None = None,
     class_names: list[str] | None = None,
+    image_column: str | None = None,
+    label_column: str | None = None,
 ) -> Dataset:
     """Load a named dataset or an image folder into memory, with a validation split.
 
@@ -94,6 +106,12 @@ def load_dataset(
             f"the run trained on a Python dataset ({spec.removeprefix(PYTHON)}), which only Python can hand over: pass it "
             "again, as in imgcls.resume(run, data=...) or imgcls.evaluate(run, data=...)"
         )
+    if is_hf(spec):
+        from imgcls.data.hf import load_hf
+
+        sizing = {"default_size": default_size} if default_size else {}
+        return load_hf(spec, seed=seed, val_fraction=val_fraction, channels=channels, image_size=image_size, image_column=image_column,
+                       label_column=label_column, **sizing)  # fmt: skip
     if is_table(spec):
         from imgcls.data.table import load_table
 
@@ -116,6 +134,8 @@ def dataset_name(spec: str) -> str:
         return spec.removeprefix(PYTHON)
     if is_table(spec):
         return Path(spec).stem
+    if is_hf(spec):
+        return Path(spec[len(HF) :].rpartition(":")[0] or spec[len(HF) :]).name or "hf"
     return Path(spec).resolve().name or "folder"
 
 

@@ -60,6 +60,8 @@ def config_table(config: dict) -> str:
 def _figures(summary: dict, test: dict) -> list[tuple[str, str]]:
     shown = [("test accuracy", f"{test['accuracy']:.2%}"), ("test loss", f"{test['loss']:.4f}"), ("test images", f"{test['images']:,}")]
     known = [
+        ("balanced_accuracy", "test balanced accuracy", "{:.2%}"),
+        ("macro_f1", "test macro F1", "{:.4f}"),
         ("best_val_accuracy", "best val accuracy", "{:.2%}"),
         ("best_epoch", "best epoch", "{}"),
         ("epochs_run", "epochs run", "{}"),
@@ -88,11 +90,12 @@ def render(
     about = ", ".join(f"{k} {config[k]}" for k in ("data", "model") if k in config)
     figures = "".join(f'<div class="figure">{escape(label)}<b>{escape(value)}</b></div>' for label, value in _figures(summary, test))
     sections = "\n".join(f"<h2>{escape(heading)}</h2>\n<p>{image_tag(run_dir / name, heading)}</p>" for name, heading in plots.items())
-    totals = confusion.sum(1).tolist()
+    totals, predicted = confusion.sum(1).tolist(), confusion.sum(0).tolist()
     per_class = [
-        [name, f"{confusion[i, i].item() / totals[i]:.2%}" if totals[i] else "n/a", confusion[i, i].item(), totals[i]]
+        [name, f"{confusion[i, i].item() / totals[i]:.2%}" if totals[i] else "n/a",
+         f"{confusion[i, i].item() / predicted[i]:.2%}" if predicted[i] else "n/a", confusion[i, i].item(), totals[i]]
         for i, name in enumerate(classes)
-    ]
+    ]  # fmt: skip
     epochs = [
         [r["epoch"], f"{r['train_loss']:.4f}", f"{r['train_acc']:.2%}", f"{r['val_loss']:.4f}", f"{r['val_acc']:.2%}", f"{r['lr']:.3g}", f"{r['seconds']:.1f}"]
         for r in history
@@ -104,8 +107,8 @@ def render(
 {sections}
 {health}
 <div class="columns">
-<div><h2>Per-class accuracy</h2>
-{table(["class", "accuracy", "correct", "images"], per_class, numeric={1, 2, 3})}</div>
+<div><h2>Per-class accuracy (recall) and precision</h2>
+{table(["class", "accuracy", "precision", "correct", "images"], per_class, numeric={1, 2, 3, 4})}</div>
 <div><h2>Epochs</h2>
 {table(["epoch", "train loss", "train acc", "val loss", "val acc", "lr", "seconds"], epochs, numeric=set(range(7)))}
 <h2>Config</h2>

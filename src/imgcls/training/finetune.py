@@ -12,7 +12,6 @@ import time
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from imgcls import distributed
 from imgcls.data.augment import prepare
@@ -108,7 +107,7 @@ def train_head(trainer) -> dict | None:
             which = torch.randint(len(views), (len(labels),), generator=generator).to(trainer.device)
             for idx in torch.randperm(len(labels), generator=generator).to(trainer.device).split(cfg.batch_size):
                 x = torch.where((which[idx] == 1)[:, None], views[-1][idx], views[0][idx])
-                loss = F.cross_entropy(head(x), labels[idx], label_smoothing=cfg.label_smoothing)
+                loss = trainer.task.loss(head(x), labels[idx])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

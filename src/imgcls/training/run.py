@@ -14,9 +14,10 @@ import torch.nn as nn
 from imgcls import checkpoint, distributed, files
 from imgcls.config import MODEL_OPTIONS, TrainConfig, check, fill_defaults, saved_model_options
 from imgcls.data import dataset_name, load_dataset
-from imgcls.data.core import Dataset
+from imgcls.data.core import Dataset, imbalance
 from imgcls.data.health import dedupe, dedupe_line
-from imgcls.data.registry import is_folder_spec
+from imgcls.data.hf import local, parse
+from imgcls.data.registry import HF, is_folder_spec, is_hf
 from imgcls.device import pick_device
 from imgcls.errors import ImgclsError
 from imgcls.files import read_json, write_json, write_text
@@ -24,7 +25,7 @@ from imgcls.models import check_input, create_model, num_params
 from imgcls.models.pretrained import pretrained_normalised, pretrained_weights
 from imgcls.models.user import check_outputs, is_user_model
 from imgcls.models.weights import Weights, read_state_dict, transfer
-from imgcls.recipes import backbone
+from imgcls.recipes import IMBALANCE, backbone
 from imgcls.runs import lock_run, new_run_dir, read_split
 from imgcls.training.callbacks import Callback
 from imgcls.training.trainer import Trainer
@@ -41,7 +42,8 @@ def describe(cfg: TrainConfig, data: Dataset, trainer: Trainer) -> str:
         f"{' (AMP ' + str(trainer.amp).removeprefix('torch.') + ')' if trainer.amp else ''}{', compiled' if cfg.compile else ''}\n"
         f"recipe {cfg.recipe}: {cfg.optimizer} lr {cfg.lr:g}{f' (filters {cfg.muon_lr:g})' if cfg.optimizer == 'muon' else ''} wd {cfg.weight_decay:g}, {cfg.schedule} schedule, batch {cfg.batch_size}, "
         f"{cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, label smoothing {cfg.label_smoothing:g}{f', gradient norm clipped to {cfg.clip_grad:g}' if cfg.clip_grad else ''}, "
-        f"augment: {cfg.augmentation().describe()}"
+        f"augment: {cfg.augmentation().describe()}{f', MixUp {cfg.mixup:g}' if cfg.mixup else ''}{f', CutMix {cfg.cutmix:g}' if cfg.cutmix else ''}"
+        f"{f', balance {cfg.balance}' if cfg.balance != 'none' else ''}"
         f"{', flip TTA' if cfg.tta else ''}{f', shift TTA ±{cfg.tta_shift}' if cfg.tta_shift else ''}{f', EMA {cfg.ema:g}' if cfg.ema else ''}"
     )
 
@@ -57,7 +59,8 @@ def load_run_data(cfg: TrainConfig, split_files=None) -> Dataset:
         )
     load = partial(
         load_dataset, cfg.data, data_dir=cfg.data_dir, seed=cfg.seed, val_fraction=cfg.val_fraction, image_size=cfg.image_size,
-        default_size=default_size, image_root=cfg.image_root, class_names=cfg.class_names(),
+        default_size=default_size, image_root=cfg.image_root, class_names=cfg.class_names(), image_column=cfg.image_column,
+        label_column=cfg.label_column,
     )  # fmt: skip
     if cfg.dedupe and split_files is None:  # the seed's split less the copies; resume and evaluate replay what split.json keeps
         kept, dropped = dedupe(load())
@@ -107,6 +110,9 @@ def findable(cfg: TrainConfig) -> TrainConfig:
     """The config with its data paths made absolute, so that resume, evaluate, report and export find the data
     from any working directory."""
     data = os.path.abspath(Path(cfg.data).expanduser()) if is_folder_spec(cfg.data) else cfg.data
+    if is_hf(data) and local(parse(data)[0]) is not None:  # a saved folder: found from anywhere too
+        name, config = parse(data)
+        data = HF + str(local(name)) + (f":{config}" if config else "")
     data_dir = os.path.abspath(Path(cfg.data_dir).expanduser()) if cfg.data_dir else None
     weights = os.path.abspath(Path(cfg.weights).expanduser()) if cfg.weights else None
     image_root = os.path.abspath(Path(cfg.image_root).expanduser()) if cfg.image_root else None
@@ -158,7 +164,19 @@ def train(
             write_json(run_dir / "config.json", cfg.to_dict())
             _record_data(data, run_dir)
         LOG.info(f"run {run_dir}\n{describe(cfg, data, trainer)}" + (f"\n{report}" if report else ""))
+        _say_if_out_of_balance(cfg, data)
         return run_dir, fit(trainer)
+
+
+def _say_if_out_of_balance(cfg: TrainConfig, data: Dataset) -> None:
+    ratio, big, small = imbalance(data.train.labels, data.num_classes)
+    if ratio < IMBALANCE:
+        return
+    skew = f"the training classes are out of balance ({ratio:.1f}:1, {data.classes[big]} against {data.classes[small]})"
+    if cfg.balance == "none":
+        LOG.warning(f"{skew}: --balance weight or --balance sample corrects for it; balanced accuracy and macro F1 are in the summary")
+    else:
+        LOG.warning(f"{skew}: --balance {cfg.balance} corrects for it; --balance none to train without")
 
 
 def _on_this_machine(cfg: TrainConfig, run_dir: Path, device: str | None, data_dir: str | None) -> TrainConfig:

@@ -40,11 +40,11 @@ class SingleLabel(Task):
 
     name = "single-label"
 
-    def __init__(self, label_smoothing: float = 0.0):
-        self.label_smoothing = label_smoothing
+    def __init__(self, label_smoothing: float = 0.0, weight: torch.Tensor | None = None):
+        self.label_smoothing, self.weight = label_smoothing, weight  # weight: a class's loss weight (--balance weight)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        return F.cross_entropy(logits, targets, weight=self.weight, label_smoothing=self.label_smoothing)
 
     def hits(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return (logits.argmax(1) == targets).sum()
@@ -57,3 +57,11 @@ class SingleLabel(Task):
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return logits.float().softmax(1)
+
+
+def class_weights(labels: torch.Tensor, num_classes: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Each class's weight as the inverse of its share of the labels, 1 on average over the images (scikit-learn's
+    "balanced"): N / (K x count). A class without images gets 0."""
+    counts = torch.bincount(labels.cpu(), minlength=num_classes).double()
+    weights = torch.where(counts > 0, len(labels) / (num_classes * counts.clamp(min=1)), torch.zeros_like(counts))
+    return weights.float().to(device)

@@ -31,7 +31,7 @@ from imgcls.training import finetune
 from imgcls.training.averaging import Lookahead, WeightAverage
 from imgcls.training.callbacks import Callback, Callbacks
 from imgcls.training.optim import make_optimizer, make_schedule
-from imgcls.training.tasks import SingleLabel, Task
+from imgcls.training.tasks import SingleLabel, Task, class_weights
 
 LOG = logging.getLogger(__name__)
 SYNC_EVERY = 10  # steps between reading statistics back from the device (and checking for NaN)
@@ -58,6 +58,19 @@ class Progress:
     frozen_stage: dict | None = None  # what the frozen stage of a fine-tune did, once done (imgcls.finetune)
 
 
+def batch_mix(cfg: TrainConfig, num_classes: int):
+    """torchvision's MixUp and CutMix (v2) over whole normalised batches, giving soft targets; with both, each batch takes
+    one of them at random, as timm does; None when neither is asked for. Normalisation is affine, so mixing normalised
+    images is mixing the pixels."""
+    if not (cfg.mixup or cfg.cutmix):
+        return None
+    from torchvision.transforms import v2  # imported on use: torchvision adds a second to start-up
+
+    mixes = [*([v2.MixUp(alpha=cfg.mixup, num_classes=num_classes)] if cfg.mixup else []),
+             *([v2.CutMix(alpha=cfg.cutmix, num_classes=num_classes)] if cfg.cutmix else [])]  # fmt: skip
+    return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+
+
 def batches_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
     """Batches in an epoch; a last batch that leaves a process (of `world`) fewer than two images is dropped: batch norm
     cannot train on one."""
@@ -75,8 +88,10 @@ class Trainer:
     ):  # fmt: skip
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.callbacks = callbacks if isinstance(callbacks, Callback) else Callbacks(callbacks)
-        self.task = task or SingleLabel(cfg.label_smoothing or 0.0)
         self.group, self.device = distributed.setup(pick_device(cfg.device))
+        self.task = task or SingleLabel(
+            cfg.label_smoothing or 0.0, class_weights(data.train.labels, data.num_classes, self.device) if cfg.balance == "weight" else None
+        )
         self.amp = amp_dtype(self.device, cfg.precision)
         torch.manual_seed(cfg.seed)
         if model is None:
@@ -96,6 +111,7 @@ class Trainer:
         self.scheduler, self.schedule_per_step = make_schedule(cfg, self.optimizer, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.augment = cfg.augmentation()
+        self.mix = batch_mix(cfg, data.num_classes)
         # Each rank augments its shard with its own draws; rank 0's are a single process's.
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed + self.group.rank * 1_000_003)
         self.mean = torch.tensor(data.mean, device=self.device).view(-1, 1, 1)
@@ -207,8 +223,14 @@ class Trainer:
 
     def batches(self, epoch: int) -> list[torch.Tensor]:
         """This process's training-image indices for each step of an epoch: its share of each global batch of the
-        seeded order. The order depends only on (seed, epoch), so a resumed epoch replays it, on any number of processes."""
-        order = torch.randperm(len(self.train_labels), generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch))
+        seeded order. The order depends only on (seed, epoch), so a resumed epoch replays it, on any number of processes.
+        With --balance sample an epoch is as many draws as there are images, each class drawn as often."""
+        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
+        if self.cfg.balance == "sample":  # as many draws as images, every class as likely (rare images repeat)
+            per_image = class_weights(self.data.train.labels, self.data.num_classes)[self.data.train.labels]
+            order = torch.multinomial(per_image, len(per_image), replacement=True, generator=generator)
+        else:
+            order = torch.randperm(len(self.train_labels), generator=generator)
         steps = order.split(self.cfg.batch_size)[: self.steps_per_epoch]
         return [step[self.group.rank :: self.group.world].to(self.home) for step in steps]
 
@@ -217,11 +239,14 @@ class Trainer:
         x = self.train_images[idx].to(self.device, non_blocking=True)
         y = self.train_labels[idx].to(self.device, non_blocking=True)
         x = prepare(x, self.mean, self.std, self.augment, self.generator, index=idx, epoch=self.progress.epoch)
+        target = y
+        if self.mix is not None:  # soft targets; the running accuracy still counts the images' own labels
+            x, target = self.mix(x, y)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp):
             logits = self.forward(x)
-            loss = self.task.loss(logits, y)
+            loss = self.task.loss(logits, target)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         if self.cfg.clip_grad:
@@ -358,6 +383,8 @@ class Trainer:
             "model": self.cfg.model,
             "classes": self.data.classes,
             "test_accuracy": test.accuracy,
+            "balanced_accuracy": test.balanced_accuracy,
+            "macro_f1": test.macro_f1,
             "test_loss": test.loss,
             "test_images": len(self.data.test),
             "best_val_accuracy": p.best_val_accuracy,
