@@ -69,11 +69,3 @@ def test_a_dataset_that_cannot_train_is_one_line(tmp_path, capsys, make, args, f
     make(tmp_path / "ds")
     err = one_line_error(capsys, "train", "--data", f"hf:{tmp_path / 'ds'}", "--epochs", "1", *args)
     assert fragment in err, err
-
-
-def test_a_multi_label_column_is_refused_in_one_line_for_now(tmp_path, capsys):
-    features = datasets.Features({"image": datasets.Image(), "tags": datasets.Sequence(datasets.ClassLabel(names=NAMES))})
-    images = [Image.fromarray(np.zeros((8, 8, 3), np.uint8))] * 4
-    datasets.Dataset.from_dict({"image": images, "tags": [[0, 1]] * 4}, features=features).save_to_disk(str(tmp_path / "ml"))
-    err = one_line_error(capsys, "train", "--data", f"hf:{tmp_path / 'ml'}", "--epochs", "1")
-    assert "several labels per image" in err

@@ -19,6 +19,7 @@ from imgcls.errors import ImgclsError
 from imgcls.files import read_json
 from imgcls.interrupt import Interrupted
 from imgcls.models.user import absolute, is_user_model, spec_of
+from imgcls.options import READING
 from imgcls.runs import read_metrics
 from imgcls.training.callbacks import Callback, standard
 
@@ -99,8 +100,15 @@ class Run:
         summary = self.summary
         facts = [("run", str(self.dir))]
         if summary:
+            if summary.get("task") == "multi-label":
+                facts += [("test mAP", f"{summary['mean_average_precision']:.4f}"), ("test F1 micro / macro", f"{summary['f1_micro']:.4f} / {summary['f1_macro']:.4f}"),
+                          ("best val mAP", f"{summary['best_val_map']:.4f}")]  # fmt: skip
+            else:
+                facts += [
+                    ("test accuracy", f"{summary['test_accuracy']:.2%}"),
+                    ("best val accuracy", f"{summary['best_val_accuracy']:.2%}"),
+                ]
             facts += [
-                ("test accuracy", f"{summary['test_accuracy']:.2%}"), ("best val accuracy", f"{summary['best_val_accuracy']:.2%}"),
                 ("best epoch", f"{summary['best_epoch']} of {summary['epochs_run']}"), ("training", f"{summary['train_seconds']:.1f} s"),
                 ("model", f"{summary['model']}, {summary['num_params']:,} parameters"),
             ]  # fmt: skip
@@ -156,7 +164,8 @@ def resume(run, *, data=None, model=None, device: str | None = None, data_dir: s
     dataset = None
     if data is not None:
         saved = TrainConfig.from_dict(Run.open(training.run_folder(path)[1]).config)
-        dataset = handed_over(data, saved.seed, saved.val_fraction, saved.image_size, saved.image_root, saved.class_names())
+        dataset = handed_over(data, saved.seed, saved.val_fraction, saved.image_size, saved.image_root, saved.class_names(),
+                              saved.table_labels())  # fmt: skip
     saved = Run(training.run_folder(path)[1])
     report = saved.config.get("report", True) if (saved.dir / "config.json").is_file() else True
     try:
@@ -173,7 +182,9 @@ def _python_data(data, options: dict):
     if not is_python_object(data):
         return None, str(data)
     given = TrainConfig.from_options(**options)  # the options that split and size the data, checked first
-    dataset = handed_over(data, given.seed, given.val_fraction, given.image_size, given.image_root, given.class_names())
+    dataset = handed_over(
+        data, given.seed, given.val_fraction, given.image_size, given.image_root, given.class_names(), given.table_labels()
+    )
     return dataset, PYTHON + dataset.name
 
 
@@ -234,11 +245,14 @@ def _path(run) -> Path:
     return run.dir if isinstance(run, Run) else Path(run)
 
 
-def check_data(data, *, out: str | Path | None = None, label_errors: bool = False, folds: int = 5, data_dir: str | None = None):
+def check_data(data, *, out: str | Path | None = None, label_errors: bool = False, folds: int = 5, data_dir: str | None = None,
+               **reading):  # fmt: skip
     """Check a dataset's health as training would load it: exact and near duplicates (within a class, across classes,
-    across splits), odd files and class imbalance, and with `label_errors` likely label errors from `folds`
-    cross-validated models. Writes health.json and a picture of each finding into `out` (<dataset>-health). Returns
-    the imgcls.data.health.Health, with `out` and `written` (the pictures' names)."""
+    across splits; for multi-label data, one picture under two label sets is a conflict), odd files and class imbalance,
+    and with `label_errors` likely label errors from `folds` cross-validated models. Writes health.json and a picture of
+    each finding into `out` (<dataset>-health). `reading`: the train options that say how to read it (image_root,
+    classes, label_delim, label_columns, multi_label, image_column, label_column). Returns the
+    imgcls.data.health.Health, with `out` and `written` (the pictures' names)."""
     from imgcls.data import dataset_name
     from imgcls.data.health import check_dataset
     from imgcls.report.health import write_findings
@@ -247,7 +261,12 @@ def check_data(data, *, out: str | Path | None = None, label_errors: bool = Fals
     out = Path(out) if out is not None else Path(f"{dataset_name(str(data))}-health")
     if label_errors:
         check_folds(folds)
-    dataset, health = check_dataset(str(data), data_dir)
+    unknown = set(reading) - set(READING)
+    if unknown:
+        raise ImgclsError(f"check_data reads data with {', '.join(f'{k}=' for k in READING)}; not {', '.join(sorted(unknown))}")
+    dataset, health = check_dataset(str(data), data_dir, **TrainConfig.from_options(**reading).reading())
+    if label_errors and dataset.multi_label:
+        raise ImgclsError(f"--label-errors ranks images by one class each; {data} has several labels per image: drop --label-errors")
     if label_errors:
         health.label_errors = cross_validated(dataset, folds)
         health.seconds["label_errors"] = health.label_errors.seconds

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from imgcls import checkpoint
+from imgcls import checkpoint, multilabel
 from imgcls.checkpoint import load_model, normalisation
 from imgcls.data import Dataset, load_dataset
 from imgcls.data.augment import prepare
@@ -132,9 +132,13 @@ def checkpoint_data(ckpt: dict, spec=None, data_dir: str | None = None) -> Datas
     """The data to test a checkpoint on: by default its own, with the run's saved split; another dataset, folder or
     Python dataset (imgcls.data.user) must have the model's classes, and folders are decoded to its input shape."""
     cfg = ckpt["config"]
-    names = TrainConfig.from_dict(cfg).class_names()  # a table's integer labels, named as the run named them
+    saved = TrainConfig.from_dict(cfg)
+    names = saved.class_names()  # a table's integer labels, named as the run named them
     if is_python_object(spec):  # the user's own data, handed over from Python: split as the run split it
-        data, spec = handed_over(spec, cfg["seed"], cfg["val_fraction"], cfg.get("image_size"), class_names=names), "the data"
+        data = handed_over(
+            spec, cfg["seed"], cfg["val_fraction"], cfg.get("image_size"), class_names=names, table_labels=saved.table_labels()
+        )
+        spec = "the data"
     else:
         # Runs store a folder's absolute path; the user may name it relatively.
         same_data = (
@@ -145,7 +149,7 @@ def checkpoint_data(ckpt: dict, spec=None, data_dir: str | None = None) -> Datas
         data = load_dataset(
             spec, data_dir=data_dir or cfg.get("data_dir"), seed=cfg["seed"], val_fraction=cfg["val_fraction"], channels=channels,
             image_size=size, split_files=read_split(Path(ckpt["path"]).parent) if same_data else None,
-            image_root=cfg.get("image_root") if same_data else None, class_names=names,
+            **(saved.reading() | ({} if same_data else {"image_root": None})),
         )  # fmt: skip
     if list(data.classes) != ckpt["classes"]:
         raise ImgclsError(
@@ -187,7 +191,11 @@ def evaluate_checkpoint(
         channels_last=channels_last,
     )
     with during(f"evaluating on the {split} split", "nothing was written"):
-        return ckpt, data, evaluate(model, getattr(data, split), mean, std, data.num_classes, batch_size=batch_size, **settings)
+        part = getattr(data, split)
+        logits = predict_logits(model, part.images, mean, std, batch_size=batch_size, **settings)
+        if ckpt.get("task") == "multi-label":
+            return ckpt, data, multilabel.metrics(logits, part.labels, data.classes, ckpt.get("thresholds"))
+        return ckpt, data, metrics(logits, part.labels, data.num_classes)
 
 
 def format_per_class(per_class: dict[str, float | None], confusion: torch.Tensor, precision: dict[str, float | None]) -> str:
@@ -197,6 +205,19 @@ def format_per_class(per_class: dict[str, float | None], confusion: torch.Tensor
     for i, (name, acc) in enumerate(per_class.items()):
         shown = [("n/a" if v is None else f"{v:.2%}") for v in (acc, precision[name])]
         lines.append(f"{name:<{width}}  {shown[0]:>8}  {shown[1]:>9}  {confusion[i, i].item():>7}  {confusion[i].sum().item():>6}")
+    return "\n".join(lines)
+
+
+def format_per_label(per_label: dict[str, dict], thresholds: list[float]) -> str:
+    """Per label: average precision, precision and recall at its threshold, and the threshold, as a text table."""
+    width = max(8, *(len(c) for c in per_label))
+    lines = [f"{'label':<{width}}  {'AP':>6}  {'precision':>9}  {'recall':>6}  {'threshold':>9}"]
+    for (name, figures), threshold in zip(per_label.items(), thresholds):
+        shown = [
+            "n/a" if figures[k] is None else f"{figures[k]:.4f}" if k == "ap" else f"{figures[k]:.2%}"
+            for k in ("ap", "precision", "recall")
+        ]
+        lines.append(f"{name:<{width}}  {shown[0]:>6}  {shown[1]:>9}  {shown[2]:>6}  {threshold:>9.3f}")
     return "\n".join(lines)
 
 
@@ -256,13 +277,15 @@ def evaluate_run(
     if split not in ("test", "val", "train"):
         raise ImgclsError(f"unknown split '{split}': choose test, val or train")
     ckpt, dataset, result = evaluate_checkpoint(run, data, data_dir, split, device, batch_size)
-    per_class = result.per_class_accuracy(dataset.classes)
     name = data if isinstance(data, str) else ckpt["config"]["data"] if data is None else dataset.name
+    folder = Path(out) if out is not None else Path(ckpt["path"]).parent
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(result, multilabel.MultiLabelResult):
+        return _multilabel_evaluation(ckpt, dataset, result, name, split, folder)
+    per_class = result.per_class_accuracy(dataset.classes)
     found = Evaluation(name, dataset.name, split, int(result.confusion.sum()), result.loss, result.accuracy, per_class,
                        result.balanced_accuracy, result.macro_f1, result.per_class_precision(dataset.classes), result.confusion,
                        dataset.classes)  # fmt: skip
-    folder = Path(out) if out is not None else Path(ckpt["path"]).parent
-    folder.mkdir(parents=True, exist_ok=True)
     csv_path, json_path = folder / f"confusion_matrix_{split}.csv", folder / f"evaluation_{split}.json"
     write_confusion_csv(result.confusion, dataset.classes, csv_path)
     write_json(json_path, {
@@ -272,3 +295,30 @@ def evaluate_run(
     })  # fmt: skip
     found.files = [csv_path, json_path]
     return found
+
+
+@dataclass
+class MultiLabelEvaluation:
+    """A multi-label run's model tested on one split: mAP, F1, exact match, per-label figures, and the file written."""
+
+    data: str
+    name: str
+    split: str
+    images: int
+    result: "multilabel.MultiLabelResult" = field(repr=False)
+    files: list[Path] = field(default_factory=list)
+
+    def __getattr__(self, name):  # loss, accuracy, mean_average_precision, f1_micro, f1_macro, per_label, thresholds
+        return getattr(self.__dict__["result"], name)
+
+
+def _multilabel_evaluation(ckpt: dict, dataset: Dataset, result, name: str, split: str, folder: Path) -> MultiLabelEvaluation:
+    from imgcls.files import write_json
+
+    path = folder / f"evaluation_{split}.json"
+    write_json(path, {
+        "checkpoint": ckpt["path"], "data": name, "split": split, "images": len(result.targets), "loss": result.loss,
+        "exact_match_accuracy": result.accuracy, "mean_average_precision": result.mean_average_precision, "f1_micro": result.f1_micro,
+        "f1_macro": result.f1_macro, "thresholds": result.thresholds, "per_label": result.per_label,
+    })  # fmt: skip
+    return MultiLabelEvaluation(name, dataset.name, split, len(result.targets), result, [path])

@@ -7,7 +7,7 @@ import io
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,8 @@ class Predictor:
         self.backend = backend
         self.device = device
         self.mean, self.std = normalisation(meta, device)
+        self.multi_label = meta.get("task") == "multi-label"  # a sigmoid per label, each decided by its threshold
+        self.thresholds = torch.tensor(meta.get("thresholds") or [0.5] * len(self.classes)) if self.multi_label else None
         self.tta = bool(meta["tta"] if "tta" in meta else meta.get("config", {}).get("tta"))  # predict as the run evaluated
         self.tta_shift = int(meta["tta_shift"] if "tta_shift" in meta else meta.get("config", {}).get("tta_shift") or 0)
         self._forward = forward
@@ -77,7 +79,8 @@ class Predictor:
         return self.in_shape[1], self.in_shape[2]
 
     def describe(self) -> dict:
-        return {"name": self.name, "classes": self.classes, "input_size": list(self.in_shape), "backend": self.backend}
+        return {"name": self.name, "classes": self.classes, "input_size": list(self.in_shape), "backend": self.backend,
+                "multi_label": self.multi_label}  # fmt: skip
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """The training decode of image folders (data/images.py), at the model's channels and size."""
@@ -88,7 +91,8 @@ class Predictor:
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor | np.ndarray, batch_size: int = 256) -> torch.Tensor:
-        """Softmax probabilities (N x K, float32, on the CPU) of uint8 N x C x H x W images, batch by batch."""
+        """Probabilities (N x K, float32, on the CPU) of uint8 N x C x H x W images, batch by batch: softmax, or for a
+        multi-label model a sigmoid per label."""
         if isinstance(images, np.ndarray):
             images = torch.from_numpy(np.array(images))  # a copy: decoded PIL pixels are read-only
         out = []
@@ -96,7 +100,7 @@ class Predictor:
             x = prepare(images[start : start + batch_size].to(self.device), self.mean, self.std)
             views = tta_views(x, self.tta, self.tta_shift)
             logits = sum(self._forward(v) for v in views) / len(views)
-            out.append(logits.softmax(1).cpu())
+            out.append((logits.sigmoid() if self.multi_label else logits.softmax(1)).cpu())
         return torch.cat(out) if out else torch.empty(0, len(self.classes))
 
     def predict(self, inputs, top_k: int = 1, batch_size: int = 256) -> list["Prediction"]:
@@ -116,6 +120,20 @@ class Predictor:
             out += [Prediction.of(self, probs, top_k) for probs in self.probabilities(pixels, batch_size)]
         return out
 
+    def decided(self, probs: torch.Tensor) -> list[list[str]]:
+        """Each row's label set: for a multi-label model every label at or over its threshold, else the likeliest class."""
+        if not self.multi_label:
+            return [[self.classes[i]] for i in probs.argmax(1).tolist()]
+        return [[self.classes[i] for i in torch.nonzero(row).flatten().tolist()] for row in probs >= self.thresholds]
+
+    def answers(self, probs: torch.Tensor, k: int) -> list[dict]:
+        """What `serve` and `predict --format json` return for each row: the top k classes, and a multi-label model's
+        label set."""
+        tops = self.top(probs, k)
+        if not self.multi_label:
+            return tops
+        return [{"labels": labels, "predictions": top} for labels, top in zip(self.decided(probs), tops)]
+
     def top(self, probs: torch.Tensor, k: int) -> list[list[dict]]:
         """The k most likely classes of each row: [{'label': ..., 'probability': ...}, ...], best first."""
         values, indices = probs.topk(min(k, probs.shape[1]), dim=1)
@@ -127,21 +145,23 @@ class Predictor:
 
 @dataclass
 class Prediction:
-    """One image's answer: the most likely class and its probability, the `top` classes with theirs (best first),
-    and the file it came from, where there is one; `error` instead for a file that could not be read."""
+    """One image's answer: the most likely class and its probability, the `top` classes with theirs (best first), the
+    label set (`labels`: for a multi-label model, every label over its threshold), and the file it came from, where
+    there is one; `error` instead for a file that could not be read."""
 
     label: str | None
     probability: float | None
     top: list[tuple[str, float]]
     path: Path | None = None
     error: str | None = None
+    labels: list[str] = field(default_factory=list)  # the label set: every label over its threshold (multi-label), else [label]
 
     @classmethod
     def of(cls, predictor: "Predictor", probs: torch.Tensor | None, k: int, path: Path | None = None, error: str | None = None):
         if probs is None:
             return cls(None, None, [], path, error)
         top = [(row["label"], row["probability"]) for row in predictor.top(probs[None], k)[0]]
-        return cls(top[0][0], top[0][1], top, path)
+        return cls(top[0][0], top[0][1], top, path, labels=predictor.decided(probs[None])[0])
 
 
 def _grouped(inputs) -> list[tuple[str, list]]:
@@ -243,24 +263,38 @@ def predict_files(predictor: Predictor, files: list[Path], batch_size: int = 256
 
 
 def format_predictions(results: list[FileResult], predictor: Predictor, k: int, fmt: str = "table") -> str:
-    """Each file's top-k classes as an aligned table, CSV (one row per file) or JSON; unreadable files with their error."""
+    """Each file's top-k classes as an aligned table, CSV (one row per file) or JSON; unreadable files with their error.
+    A multi-label model's label set (every label over its threshold) comes first, joined by '+' in a table or CSV."""
     good = [r for r in results if r.error is None]
-    tops = dict(zip(map(id, good), predictor.top(torch.stack([r.probs for r in good]), k))) if good else {}
-    rows = [(str(r.file), tops.get(id(r)), r.error) for r in results]
+    probs = torch.stack([r.probs for r in good]) if good else None
+    tops = dict(zip(map(id, good), predictor.top(probs, k))) if good else {}
+    sets = dict(zip(map(id, good), predictor.decided(probs))) if good and predictor.multi_label else {}
+    rows = [(str(r.file), tops.get(id(r)), r.error, sets.get(id(r))) for r in results]
     k = min(k, len(predictor.classes))
+    multi = predictor.multi_label
     if fmt == "json":
-        return json.dumps([{"file": f, "predictions": top} if top else {"file": f, "error": err} for f, top, err in rows], indent=2)
+        return json.dumps(
+            [({"file": f, **({"labels": labels} if multi else {}), "predictions": top} if top else {"file": f, "error": err})
+             for f, top, err, labels in rows], indent=2,
+        )  # fmt: skip
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["file", *(f"{c}_{i}" for i in range(1, k + 1) for c in ("label", "probability")), "error"])
-        for f, top, err in rows:
+        writer.writerow(
+            ["file", *(["labels"] if multi else []), *(f"{c}_{i}" for i in range(1, k + 1) for c in ("label", "probability")), "error"]
+        )
+        for f, top, err, labels in rows:
             cells = [v for p in top for v in (p["label"], f"{p['probability']:.6f}")] if top else [""] * 2 * k
-            writer.writerow([f, *cells, err or ""])
+            writer.writerow([f, *(["+".join(labels or [])] if multi else []), *cells, err or ""])
         return buf.getvalue().rstrip("\n")
-    head = ["file", *(f"top-{i}" for i in range(1, k + 1))]
-    lines = [[f, *(f"{p['label']} {p['probability']:.1%}" for p in top)] if top else [f, f"unreadable ({err})"] for f, top, err in rows]
+    head = ["file", *(["labels"] if multi else []), *(f"top-{i}" for i in range(1, k + 1))]
+    lines = [
+        [f, *(["+".join(labels) or "(none)"] if multi else []), *(f"{p['label']} {p['probability']:.1%}" for p in top)]
+        if top else [f, f"unreadable ({err})"]
+        for f, top, err, labels in rows
+    ]  # fmt: skip
     # Column widths from the predictions only: an error message runs on past them.
-    widths = [max(len(line[i]) for line in [head, *(line for line, row in zip(lines, rows) if row[1])]) for i in range(k + 1)]
+    columns = len(head)
+    widths = [max(len(line[i]) for line in [head, *(line for line, row in zip(lines, rows) if row[1])]) for i in range(columns)]
     widths[0] = max(len(line[0]) for line in [head, *lines])
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(line, widths)).rstrip() for line in [head, *lines])

@@ -33,6 +33,8 @@ DEFAULT_WEIGHT_DECAY = {"sgd": 5e-4, "adam": 0.0, "adamw": 0.01}
 MAX_SIDE = math.isqrt(MAX_PIXELS)  # 7,071 px: an image side whose square is over the decode limit is never decoded
 MAX_WIDTH, MAX_HIDDEN, MAX_LAYERS = 4096, 65536, 100
 SETUP, TRAIN = "setup", "train"  # the options of `train` and `lr-find` (setup), and of `train` alone
+# The options that say how to read a dataset beyond its name: `imgcls datasets` and imgcls.check_data take them too.
+READING = ("image_root", "classes", "label_delim", "label_columns", "multi_label", "image_column", "label_column")
 
 
 def opt(default=None, help: str = "", group: str = SETUP, metavar: str | None = None, choices=None, limit=None):
@@ -95,6 +97,10 @@ class TrainConfig:
                                  metavar="DIR")  # fmt: skip
     classes: str | None = opt(help="a table's integer labels 0, 1, 2, ... name these classes, comma-separated: cat,dog,bird "
                               "[the integers themselves]", metavar="A,B,...")  # fmt: skip
+    label_delim: str | None = opt(help="multi-label: a table's label cells hold several labels, split at this (' ', ';', '|')",
+                                  metavar="DELIM")  # fmt: skip
+    label_columns: str | None = opt(help="multi-label: a wide table's 0/1 label columns, comma-separated", metavar="A,B,...")
+    multi_label: bool = opt(False, "multi-label: every column of a wide table but its path, split and id is a 0/1 label [off]")
     image_column: str | None = opt(help="--data hf:...: the column of the images [the one whose feature is an Image]", metavar="NAME")
     label_column: str | None = opt(help="--data hf:...: the column of the labels [the one whose feature is a ClassLabel]", metavar="NAME")
     weights: str | None = opt(help="initial weights: a run folder or a .pt/.pth/.safetensors state dict", metavar="PATH")
@@ -212,6 +218,18 @@ class TrainConfig:
             return None
         names = self.classes.split(",") if isinstance(self.classes, str) else list(self.classes)
         return [str(n).strip() for n in names]
+
+    def reading(self) -> dict:
+        """How to read the data beyond its name (load_dataset's keywords): a table's image root, class names and labels,
+        a Hugging Face dataset's columns."""
+        return {"image_root": self.image_root, "class_names": self.class_names(), "image_column": self.image_column,
+                "label_column": self.label_column, "table_labels": self.table_labels()}  # fmt: skip
+
+    def table_labels(self) -> dict:
+        """How a table's labels are read: label_delim, label_columns (as a list), multi_label."""
+        columns = self.label_columns.split(",") if isinstance(self.label_columns, str) else self.label_columns
+        return {"label_delim": self.label_delim, "label_columns": [c.strip() for c in columns] if columns else None,
+                "multi_label": bool(self.multi_label)}  # fmt: skip
 
     def model_options(self) -> dict:
         """What the model's builder takes besides the shape and classes: the built-ins' options, a user model's args."""

@@ -74,8 +74,9 @@ def write_rows(path: Path, columns: list[str], rows: list[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
-def write_metrics(path: Path, history: list[dict]) -> None:
-    write_rows(path, METRIC_COLUMNS, history)
+def write_metrics(path: Path, history: list[dict], extra: tuple[str, ...] = ()) -> None:
+    """metrics.csv: the columns every run has, with a task's own (multi-label's val_map) before lr and seconds."""
+    write_rows(path, [*METRIC_COLUMNS[:5], *extra, *METRIC_COLUMNS[5:]], history)
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -2,8 +2,9 @@
 
 from pathlib import Path
 
-from imgcls.cli.flags import writable
+from imgcls.cli.flags import add_train_options, given, writable
 from imgcls.errors import ImgclsError
+from imgcls.options import READING, TrainConfig
 
 MAX_PER_CLASS = 100  # the grid is half an inch per image: wider stops being viewable (and past ~1,300 Agg cannot draw it)
 
@@ -31,6 +32,7 @@ def add_parsers(sub) -> None:
         "--out", metavar="PATH", help="--show: the grid's file [<dataset>-samples.png]; --check: the folder for health.json "
         "and the pictures [<dataset>-health]",
     )  # fmt: skip
+    add_train_options(p, (), only=READING)  # how to read a table or a Hugging Face dataset, as `train` reads it
     p.set_defaults(func=cmd_datasets)
 
 
@@ -57,7 +59,7 @@ def show(args) -> int:
     if not 1 <= args.per_class <= MAX_PER_CLASS:
         raise ImgclsError(f"--per-class must be between 1 and {MAX_PER_CLASS}, got {args.per_class}")
     path = writable("--out", args.out) or Path(f"{dataset_name(args.show)}-samples.png")
-    data = load_dataset(args.show, data_dir=args.data_dir)
+    data = load_dataset(args.show, data_dir=args.data_dir, **TrainConfig.from_options(**given(args, (), only=READING)).reading())
     print(f"{data.name}: {data.num_classes} classes, {'x'.join(map(str, data.shape))} images\n")
     print(format_class_counts(data))
     write_preview(data, path, args.per_class)
@@ -70,7 +72,8 @@ def check(args) -> int:
     from imgcls.report.health import summary_text
 
     out = writable("--out", args.out, folder=True)
-    health = imgcls.check_data(args.check, out=out, label_errors=args.label_errors, folds=args.folds, data_dir=args.data_dir)
+    reading = given(args, (), only=READING)
+    health = imgcls.check_data(args.check, out=out, label_errors=args.label_errors, folds=args.folds, data_dir=args.data_dir, **reading)
     print(summary_text(health))
     seconds = ", ".join(f"{stage} {s:.1f}s" for stage, s in health.seconds.items())
     print(f"\nsaved health.json and {', '.join(health.written)} in {health.out} ({seconds})")

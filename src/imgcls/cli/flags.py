@@ -33,12 +33,12 @@ def _kind(annotation) -> type:
     return annotation
 
 
-def add_train_options(parser: argparse.ArgumentParser, groups: tuple[str, ...]) -> None:
-    """A flag for each TrainConfig field of `groups`, its help, metavar, choices and type from the field's metadata.
-    Every default is None, so that the config layer (and --resume) can tell what the user set."""
+def add_train_options(parser: argparse.ArgumentParser, groups: tuple[str, ...], only: tuple[str, ...] | None = None) -> None:
+    """A flag for each TrainConfig field of `groups` (or those named in `only`), its help, metavar, choices and type from
+    the field's metadata. Every default is None, so that the config layer (and --resume) can tell what the user set."""
     for f in fields(TrainConfig):
         meta = f.metadata
-        if meta.get("group") not in groups:
+        if (meta.get("group") not in groups) if only is None else (f.name not in only):
             continue
         kind = _kind(f.type)
         kwargs = {"help": meta["help"], "default": None}
@@ -53,9 +53,9 @@ def add_train_options(parser: argparse.ArgumentParser, groups: tuple[str, ...]) 
         parser.add_argument(flag(f.name), **kwargs)
 
 
-def given(args: argparse.Namespace, groups: tuple[str, ...]) -> dict:
-    """The options of `groups` the user set on the command line, under their Python names."""
-    names = [f.name for f in fields(TrainConfig) if f.metadata.get("group") in groups]
+def given(args: argparse.Namespace, groups: tuple[str, ...], only: tuple[str, ...] | None = None) -> dict:
+    """The options of `groups` (or those named in `only`) the user set on the command line, under their Python names."""
+    names = [f.name for f in fields(TrainConfig) if (f.metadata.get("group") in groups if only is None else f.name in only)]
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 

@@ -74,11 +74,14 @@ def cmd_train(args) -> int:
         print(f"resume with: imgcls train --resume {stop.run_dir}", file=sys.stderr)  # imgcls.train said where it stopped
         return 128 + stop.signum if isinstance(stop.signum, int) else 1  # the shell's status for a process ended by that signal
     summary = run.summary
-    print(
-        f"test accuracy {summary['test_accuracy']:.2%} (loss {summary['test_loss']:.4f}) with the best epoch "
-        f"{summary['best_epoch']} (val {summary['best_val_accuracy']:.2%}); {summary['epochs_run']} epoch{'s' * (summary['epochs_run'] != 1)} in {summary['train_seconds']:.1f}s\n"
-        f"saved to {run.dir}, plots in {run.dir / 'report.html'}"
-    )
+    epochs = f"{summary['epochs_run']} epoch{'s' * (summary['epochs_run'] != 1)} in {summary['train_seconds']:.1f}s"
+    if summary.get("task") == "multi-label":
+        print(f"test mAP {summary['mean_average_precision']:.4f}, F1 micro {summary['f1_micro']:.4f} macro {summary['f1_macro']:.4f}, "
+              f"exact match {summary['test_accuracy']:.2%} with the best epoch {summary['best_epoch']} (val mAP {summary['best_val_map']:.4f}); {epochs}")  # fmt: skip
+    else:
+        print(f"test accuracy {summary['test_accuracy']:.2%} (loss {summary['test_loss']:.4f}) with the best epoch "
+              f"{summary['best_epoch']} (val {summary['best_val_accuracy']:.2%}); {epochs}")  # fmt: skip
+    print(f"saved to {run.dir}, plots in {run.dir / 'report.html'}")
     return 0
 
 

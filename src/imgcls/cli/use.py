@@ -77,19 +77,26 @@ def add_parsers(sub) -> None:
 
 def cmd_evaluate(args) -> int:
     import imgcls
-    from imgcls.evaluation import format_confusion, format_per_class
+    from imgcls.evaluation import MultiLabelEvaluation, format_confusion, format_per_class, format_per_label
 
     positive("--batch-size", args.batch_size, optional=True)
     out = writable("--out", args.out, folder=True)
     result = imgcls.evaluate(args.checkpoint, args.data, split=args.split, device=args.device, batch_size=args.batch_size,
                              data_dir=args.data_dir, out=out)  # fmt: skip
-    print(
-        f"{result.name} {args.split}: {result.images:,} images, loss {result.loss:.4f}, accuracy {result.accuracy:.2%}, "
-        f"balanced accuracy {result.balanced_accuracy:.2%}, macro F1 {result.macro_f1:.4f}\n"
-    )
-    print(format_per_class(result.per_class_accuracy, result.confusion, result.per_class_precision) + "\n")
-    print(format_confusion(result.confusion, result.classes))
-    print(f"\nsaved {result.files[0]} and {result.files[1]}")
+    if isinstance(result, MultiLabelEvaluation):
+        print(
+            f"{result.name} {args.split}: {result.images:,} images, loss {result.loss:.4f}, mAP {result.mean_average_precision:.4f}, "
+            f"F1 micro {result.f1_micro:.4f} macro {result.f1_macro:.4f}, exact match {result.accuracy:.2%}\n"
+        )
+        print(format_per_label(result.per_label, result.thresholds))
+    else:
+        print(
+            f"{result.name} {args.split}: {result.images:,} images, loss {result.loss:.4f}, accuracy {result.accuracy:.2%}, "
+            f"balanced accuracy {result.balanced_accuracy:.2%}, macro F1 {result.macro_f1:.4f}\n"
+        )
+        print(format_per_class(result.per_class_accuracy, result.confusion, result.per_class_precision) + "\n")
+        print(format_confusion(result.confusion, result.classes))
+    print(f"\nsaved {' and '.join(map(str, result.files))}")
     return 0
 
 

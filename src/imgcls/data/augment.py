@@ -152,6 +152,29 @@ def prepare(
     return x.sub_(mean).div_(std)
 
 
+def mix_rows(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator, mixup: float = 0.0, cutmix: float = 0.0):
+    """MixUp or CutMix (one at random when both alphas are given) of a float batch and its multi-hot targets, which
+    torchvision's v2 transforms (class indices only) do not take: each image blended with, or a box pasted from, the
+    batch's image in reversed order, the targets mixed by the same share. The share is drawn from torch's global
+    generator (saved in last.pt) as torchvision's v2 draw theirs, the choice and the box from the run's."""
+    device = generator.device
+    use_cutmix = cutmix > 0 and (mixup <= 0 or torch.rand((), generator=generator, device=device).item() < 0.5)
+    alpha = cutmix if use_cutmix else mixup
+    lam = torch.distributions.Beta(alpha, alpha).sample().item()  # torch's global generator, as torchvision's v2 draw theirs
+    other, targets = x.flip(0), y.float()
+    if use_cutmix:
+        h, w = x.shape[-2:]
+        ch, cw = int(h * (1 - lam) ** 0.5), int(w * (1 - lam) ** 0.5)
+        cy, cx = (torch.randint(0, n, (), generator=generator, device=device).item() for n in (h, w))
+        top, bottom, left, right = max(cy - ch // 2, 0), min(cy + ch // 2, h), max(cx - cw // 2, 0), min(cx + cw // 2, w)
+        x = x.clone()
+        x[..., top:bottom, left:right] = other[..., top:bottom, left:right]
+        lam = 1 - (bottom - top) * (right - left) / (h * w)
+    else:
+        x = x * lam + other * (1 - lam)
+    return x, targets * lam + targets.flip(0) * (1 - lam)
+
+
 def denormalize(x: torch.Tensor, mean, std) -> torch.Tensor:
     """The inverse of prepare's normalisation: a normalised float batch back to uint8 pixels (exact for unaugmented images)."""
     return x.mul(std).add_(mean).mul_(255).round_().clamp_(0, 255).to(torch.uint8)

@@ -12,7 +12,7 @@ from imgcls.errors import ImgclsError
 @dataclass
 class Split:
     images: torch.Tensor  # uint8, N x C x H x W
-    labels: torch.Tensor  # int64, N
+    labels: torch.Tensor  # int64 N (a class each), or for multi-label data uint8 N x K (1 where the image has that label)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -45,6 +45,46 @@ class Dataset:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def multi_label(self) -> bool:
+        """Several labels per image (labels N x K), as opposed to one class each."""
+        return self.train.labels.ndim == 2
+
+
+def as_label_sets(data: "Dataset") -> "Dataset":
+    """Multi-label data seen as one class per distinct label set ("cat+dog"), for what compares labels image by image
+    (the health check's conflicts, --dedupe): the same picture under two label sets is a conflict. Other data as it is."""
+    if not data.multi_label:
+        return data
+    from dataclasses import replace
+
+    rows = torch.cat([data.train.labels, data.val.labels, data.test.labels])
+    sets, index = torch.unique(rows, dim=0, return_inverse=True)
+    names = ["+".join(data.classes[i] for i in torch.nonzero(row).flatten().tolist()) or "(none)" for row in sets]
+    cut = [len(data.train), len(data.train) + len(data.val)]
+    train, val, test = index[: cut[0]], index[cut[0] : cut[1]], index[cut[1] :]
+    return replace(data, classes=names, train=Split(data.train.images, train), val=Split(data.val.images, val),
+                   test=Split(data.test.images, test))  # fmt: skip
+
+
+def class_counts(labels, num_classes: int) -> torch.Tensor:
+    """Images of each class: a class index per image, or multi-hot rows (N x K), or a list of either (ints, tuples)."""
+    if not isinstance(labels, torch.Tensor):
+        flat = [c for label in labels for c in (label if isinstance(label, tuple | list) else (label,))]
+        return torch.bincount(torch.tensor(flat, dtype=torch.long), minlength=num_classes)
+    if labels.ndim == 2:
+        return labels.long().sum(0)
+    return torch.bincount(labels.long(), minlength=num_classes)
+
+
+def strata(labels: torch.Tensor) -> torch.Tensor:
+    """What a stratified split keeps in proportion: the class of each image; for multi-label rows, the first label each
+    has (K for none), so every label's first holders are spread over the splits."""
+    if labels.ndim == 1:
+        return labels
+    has = labels.bool()
+    return torch.where(has.any(1), has.float().argmax(1), torch.full((len(labels),), labels.shape[1]))
+
 
 def stratified_split(labels: torch.Tensor, fractions: Sequence[float], seed: int) -> list[torch.Tensor]:
     """Split indices into len(fractions) parts, class by class, reproducibly for a seed.
@@ -53,6 +93,7 @@ def stratified_split(labels: torch.Tensor, fractions: Sequence[float], seed: int
     that has enough samples and no sample is lost or duplicated.
     """
     generator = torch.Generator().manual_seed(seed)
+    labels = strata(labels)
     bounds = torch.tensor([0.0, *fractions]).cumsum(0)
     bounds = bounds / bounds[-1]
     parts: list[list[torch.Tensor]] = [[] for _ in fractions]
@@ -99,7 +140,7 @@ def channel_stats(images: torch.Tensor) -> tuple[tuple[float, ...], tuple[float,
 
 def imbalance(labels: torch.Tensor, num_classes: int) -> tuple[float, int, int]:
     """(the largest class's count over the smallest's, the largest class, the smallest) among classes with images."""
-    counts = torch.bincount(labels.cpu(), minlength=num_classes)
+    counts = class_counts(labels.cpu(), num_classes)
     present = torch.nonzero(counts).flatten()
     big, small = present[counts[present].argmax()].item(), present[counts[present].argmin()].item()
     return counts[big].item() / max(counts[small].item(), 1), big, small

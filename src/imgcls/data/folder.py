@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from imgcls.data import mapped
-from imgcls.data.core import Dataset, Split, channel_stats, stratified_split
+from imgcls.data.core import Dataset, Split, channel_stats, class_counts, stratified_split
 from imgcls.data.images import ImageReadError, is_grey, peek, read_image
 from imgcls.errors import ImgclsError
 from imgcls.files import WriteFailed, printable
@@ -42,7 +42,7 @@ T = TypeVar("T")
 
 class Entry(NamedTuple):
     rel: str  # path relative to the dataset root, with forward slashes
-    label: int
+    label: int | tuple[int, ...]  # its class, or for multi-label data the tuple of its labels
     split: str | None  # the split folder it came from, None for a flat folder
     size: int
     mtime_ns: int
@@ -125,9 +125,9 @@ def scan(root: Path) -> tuple[list[str], list[Entry]]:
     return classes, entries
 
 
-def _check_every_class_has_training_images(classes: list[str], labels: list[int], where: Path, what: str) -> None:
+def _check_every_class_has_training_images(classes: list[str], labels, where: Path, what: str) -> None:
     """A class with no training images cannot be learnt and would only skew the metrics."""
-    counts = Counter(labels)
+    counts = class_counts(labels, len(classes)).tolist()
     empty = [f"{where / c}" if where.is_dir() else f"class {c} of {where}" for i, c in enumerate(classes) if counts[i] == 0]
     if empty:
         them = "them" if len(empty) > 1 else "it"
@@ -137,7 +137,7 @@ def _check_every_class_has_training_images(classes: list[str], labels: list[int]
 def _warn_small_classes(classes: list[str], index: dict[str, torch.Tensor], labels: torch.Tensor) -> None:
     """A class with too few images to reach val or test is trained on but never measured: say so."""
     for s in ("val", "test"):
-        missing = sorted(set(range(len(classes))) - set(labels[index[s]].tolist()))
+        missing = torch.nonzero(class_counts(labels[index[s]], len(classes)) == 0).flatten().tolist()
         if missing:
             names, them = ", ".join(classes[i] for i in missing), "them" if len(missing) > 1 else "it"
             LOG.warning(f"warning: too few images to put any of {names} in {s}: {s} accuracy leaves {them} out; add images")
@@ -371,7 +371,7 @@ def load_files(
         meta = {e.rel: (e.label, e.split) for e in entries}
         readable = set(stored.ids)
         files = [e.rel for e in entries if e.rel in readable]
-        labels = torch.tensor([meta[rel][0] for rel in files], dtype=torch.long)
+        labels = _labels([meta[rel][0] for rel in files], len(classes))
         if split_files is None:
             index = _assign(labels, [meta[rel][1] for rel in files], seed, val_fraction)
         else:
@@ -380,7 +380,7 @@ def load_files(
             if len(index[s]) == 0:
                 raise ImgclsError(f"{where} leaves no images for the {s} split: add more images per class")
         if split_files is None:  # a replayed split (resume, evaluate) is checked against the run's classes instead
-            _check_every_class_has_training_images(classes, labels[index["train"]].tolist(), where, "readable training images")
+            _check_every_class_has_training_images(classes, labels[index["train"]], where, "readable training images")
             _warn_small_classes(classes, index, labels)
         names = {s: [files[i] for i in index[s].tolist()] for s in SPLITS}
         images = mapped.arrange(stored, names)
@@ -400,6 +400,16 @@ def load_files(
         resized_to=stored.meta.get("resized_to"),
         root=root,
     )
+
+
+def _labels(labels: list, num_classes: int) -> torch.Tensor:
+    """int64 classes, or uint8 N x K multi-hot rows where the labels are tuples (multi-label data)."""
+    if labels and isinstance(labels[0], tuple):
+        rows = torch.zeros(len(labels), num_classes, dtype=torch.uint8)
+        for i, label in enumerate(labels):
+            rows[i, list(label)] = 1
+        return rows
+    return torch.tensor(labels, dtype=torch.long)
 
 
 def _replayed(root: Path, files: list[str], split_files: dict[str, list[str]]) -> dict[str, torch.Tensor]:

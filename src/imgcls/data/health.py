@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from imgcls.data.core import Dataset
+from imgcls.data.core import Dataset, as_label_sets
 from imgcls.data.folder import each_file, scan
 from imgcls.data.images import check_size, decoding, is_grey, open_image
 from imgcls.files import printable
@@ -684,14 +684,15 @@ def check(data: Dataset, root: Path | None = None) -> Health:
     return Health(data.name, list(data.classes), items, groups, odd, data.flips_ok, headers is not None, seconds)
 
 
-def check_dataset(spec: str, data_dir: str | None = None) -> tuple[Dataset, Health]:
-    """Load a named dataset or folder as training would (same split, same cache) and check it."""
+def check_dataset(spec: str, data_dir: str | None = None, **reading) -> tuple[Dataset, Health]:
+    """Load a named dataset, folder or table as training would (same split, same cache) and check it; `reading` says
+    how (load_dataset's keywords: a table's labels, a Hugging Face dataset's columns)."""
     from imgcls.data.registry import load_dataset
 
     start = time.perf_counter()
-    data = load_dataset(spec, data_dir=data_dir)
+    data = load_dataset(spec, data_dir=data_dir, **reading)
     loaded = time.perf_counter() - start
     with during(f"checking {printable(spec)}", "no findings were written"):
-        health = check(data, data.root)
+        health = check(as_label_sets(data), data.root)
     health.seconds = {"load": loaded, **health.seconds}
     return data, health

@@ -3,8 +3,9 @@
 A folder written by `save_to_disk` is read with `load_from_disk`; any other name goes to `load_dataset`, which uses
 (and fills) the Hugging Face cache, so downloads stay real for users on the internet. The image column is the one whose
 feature is an Image, the label column a ClassLabel (or --image-column / --label-column). The dataset's own splits are
-used (train, validation or val, test); those missing are held out of train, test first. The images are decoded once
-into the same memory-mapped cache as folders, keyed on the splits' fingerprints.
+used (train, validation or val, test); those missing are held out of train, test first. A Sequence(ClassLabel) column
+makes it multi-label. The images are decoded once into the same memory-mapped cache as folders, keyed on the splits'
+fingerprints.
 """
 
 import io
@@ -20,7 +21,6 @@ from imgcls.data import mapped
 from imgcls.data.core import Dataset, Split, channel_stats, hold_out_index, stratified_split
 from imgcls.data.folder import TEST_FRACTION, _target_size
 from imgcls.data.images import ImageReadError, decoding, is_grey, load_image
-from imgcls.data.registry import HF
 from imgcls.errors import ImgclsError, missing_extra
 from imgcls.files import WriteFailed
 
@@ -31,7 +31,7 @@ CHUNK = 256  # rows decoded at a time
 
 def parse(spec: str) -> tuple[str, str | None]:
     """(name or path, config) of hf:NAME_OR_PATH[:CONFIG]."""
-    rest = spec[len(HF) :]
+    rest = spec.partition(":")[2]  # after the scheme, "hf:" (imgcls.data.registry dispatches on it)
     name, _, config = rest.rpartition(":") if ":" in rest and not Path(rest).expanduser().exists() else (rest, "", "")
     if not name:
         raise ImgclsError(f"--data {spec}: name a Hugging Face dataset (hf:mnist, hf:user/name:config) or a save_to_disk folder (hf:path)")
@@ -87,12 +87,9 @@ def columns(features, image_column: str | None, label_column: str | None, name: 
     label = find(lambda f: isinstance(f, datasets.ClassLabel) or isinstance(getattr(f, "feature", None), datasets.ClassLabel),
                  label_column, "label")  # fmt: skip
     feature = features[label]
-    if isinstance(getattr(feature, "feature", None), datasets.ClassLabel):
-        raise ImgclsError(
-            f"{name}'s '{label}' column holds several labels per image (a sequence): multi-label training is not supported yet"
-        )
+    feature = getattr(feature, "feature", feature)  # Sequence(ClassLabel): several labels per image, multi-label
     if not isinstance(feature, datasets.ClassLabel):
-        raise ImgclsError(f"{name}'s '{label}' column is no ClassLabel ({feature}): imgcls needs class labels")
+        raise ImgclsError(f"{name}'s '{label}' column is no ClassLabel ({features[label]}): imgcls needs class labels")
     return image, label, list(feature.names)
 
 
@@ -111,9 +108,9 @@ def load_hf(
         # In the dataset's own order, whatever order the cache holds the rows in: the held-out splits depend on it.
         ordered = sorted(stored.ids, key=lambda i: (i.split("/")[0], int(i.split("/")[1])))
         ids = {s: [i for i in ordered if i.split("/")[0] == s] for s in ("train", "val", "test")}
-        ids = _held_out(ids, label_of, seed, val_fraction, spec)
+        ids = _held_out(ids, label_of, len(classes), seed, val_fraction, spec)
         images = mapped.arrange(stored, ids)
-    parts = {s: Split(images[s], torch.tensor([label_of[i] for i in ids[s]], dtype=torch.long)) for s in ids}
+    parts = {s: Split(images[s], _labels([label_of[i] for i in ids[s]], len(classes))) for s in ids}
     mean, std = channel_stats(parts["train"].images)
     if stored.meta["skipped"]:
         LOG.warning(f"{spec}: {len(stored.meta['skipped'])} images could not be decoded and are left out, e.g. {stored.meta['skipped'][0]}")
@@ -155,7 +152,7 @@ def _decode(splits: dict, image: str, label: str, key: str, spec: str, channels,
                         skipped.append(f"{row}: {e}")
                         continue
                     ids.append(row)
-                    meta["labels"][row] = int(target)
+                    meta["labels"][row] = [int(t) for t in target] if isinstance(target, list) else int(target)
                 if ids:
                     yield np.stack(pixels), ids
 
@@ -171,10 +168,22 @@ def _source(cell: dict):
     return io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell["path"]
 
 
-def _held_out(ids: dict[str, list[str]], label_of: dict, seed: int, val_fraction: float, spec: str) -> dict[str, list[str]]:
+def _labels(values: list, num_classes: int) -> torch.Tensor:
+    """Class indices, or multi-hot rows where the values are lists of labels (a Sequence(ClassLabel) column)."""
+    if values and isinstance(values[0], list):
+        rows = torch.zeros(len(values), num_classes, dtype=torch.uint8)
+        for i, labels in enumerate(values):
+            rows[i, labels] = 1
+        return rows
+    return torch.tensor(values, dtype=torch.long)
+
+
+def _held_out(
+    ids: dict[str, list[str]], label_of: dict, num_classes: int, seed: int, val_fraction: float, spec: str
+) -> dict[str, list[str]]:
     """The splits the dataset has, and those it lacks held out of train, stratified and seeded: test, then val."""
     train = ids["train"]
-    labels = torch.tensor([label_of[i] for i in train], dtype=torch.long)
+    labels = _labels([label_of[i] for i in train], num_classes)
     if not ids["test"]:
         keep, test = stratified_split(labels, [1 - TEST_FRACTION, TEST_FRACTION], seed)
         ids["test"], train, labels = [train[i] for i in test.tolist()], [train[i] for i in keep.tolist()], labels[keep]

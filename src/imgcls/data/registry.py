@@ -92,6 +92,7 @@ def load_dataset(
     class_names: list[str] | None = None,
     image_column: str | None = None,
     label_column: str | None = None,
+    table_labels: dict | None = None,
 ) -> Dataset:
     """Load a named dataset or an image folder into memory, with a validation split.
 
@@ -117,7 +118,7 @@ def load_dataset(
 
         sizing = {"default_size": default_size} if default_size else {}
         return load_table(spec, image_root=image_root, class_names=class_names, seed=seed, val_fraction=val_fraction, channels=channels,
-                          image_size=image_size, split_files=split_files, **sizing)  # fmt: skip
+                          image_size=image_size, split_files=split_files, **sizing, **(table_labels or {}))  # fmt: skip
     if is_folder_spec(spec):
         from imgcls.data.folder import load_folder
 

@@ -1,5 +1,6 @@
 """Labels from a table: a CSV file (or a pandas DataFrame) of image paths and their labels, the Kaggle shape, fastai's
-`from_csv` and Hugging Face's `imagefolder` metadata.csv.
+`from_csv` and Hugging Face's `imagefolder` metadata.csv; several labels per image (multi-label) in one cell split at
+--label-delim, or as one 0/1 column per label (--label-columns, --multi-label).
 
 Columns: a path column (`path`, `filename`, `file` or `image`) and a label column (`label` or `labels`) under a
 header; without a header, the first column is the path and the second the label. An optional `split` column
@@ -35,42 +36,63 @@ def read_rows(path: Path) -> list[list[str]]:
         raise ImgclsError(f"cannot read {path} as CSV ({type(e).__name__}: {e}): save it as comma-separated UTF-8 text") from None
 
 
-def columns(header: list[str], where: str) -> tuple[int, int, int | None]:
-    """Indices of the path, label and (optional) split columns of a header."""
+def columns(header: list[str], where: str, wide: list[str] | None) -> tuple[int, list[int] | int, int | None]:
+    """Indices of the path column, the label column (or the wide format's label columns), and the split column."""
     names = [h.strip().lower() for h in header]
     path = next((names.index(c) for c in PATH_COLUMNS if c in names), None)
+    split = names.index("split") if "split" in names else None
+    if wide is not None:  # one 0/1 column per label: those named, else every column but the path, split and id
+        chosen = [c.lower() for c in wide] or [n for n in names if n not in (*PATH_COLUMNS, "split", "id")]
+        missing = [c for c in chosen if c not in names]
+        if path is None or missing or not chosen:
+            lacking = "path" if path is None else f"label {', '.join(missing)}" if missing else "label"
+            raise ImgclsError(f"{where} has no {lacking} column ({', '.join(header)}): check --label-columns")
+        return path, [names.index(c) for c in chosen], split
     label = next((names.index(c) for c in LABEL_COLUMNS if c in names), None)
     if path is None or label is None:
         raise ImgclsError(
             f"{where} has no {'path' if path is None else 'label'} column ({', '.join(header)}): name them "
             f"{' or '.join(PATH_COLUMNS)} and {' or '.join(LABEL_COLUMNS)}, or drop the header (path first, label second)"
         )
-    return path, label, names.index("split") if "split" in names else None
+    return path, label, split
 
 
-def records(rows: list[list[str]], where: str) -> list[tuple[str, str, str | None]]:
-    """(path, label, split or None) of each row, the header found and left out."""
+TRUE = {"1", "1.0", "true", "yes", "y", "t"}
+
+
+def records(rows: list[list[str]], where: str, delim: str | None = None, wide: list[str] | None = None) -> list:
+    """(path, label, split or None) of each row, the header found and left out. The label is a name, or for multi-label
+    tables a tuple of names: the cell split at `delim`, or the names of the wide format's columns that hold a 1."""
     if not rows:
         raise ImgclsError(f"{where} has no rows: list an image path and its label on each")
     first = [c.strip().lower() for c in rows[0]]
-    if any(c in PATH_COLUMNS + LABEL_COLUMNS for c in first):
-        path, label, split = columns(rows[0], where)
-        rows = rows[1:]
+    if wide is not None or any(c in PATH_COLUMNS + LABEL_COLUMNS for c in first):
+        path, label, split = columns(rows[0], where, wide)
+        header, rows = [c.strip() for c in rows[0]], rows[1:]
     else:
-        path, label, split = 0, 1, None
+        path, label, split, header = 0, 1, None, []
     out = []
     for row in rows:
         cells = [c.strip() for c in row]
         get = lambda i: cells[i] if i is not None and i < len(cells) else ""  # noqa: E731
-        out.append((get(path), get(label), get(split).lower() or None))
+        if isinstance(label, list):
+            value = tuple(header[i] for i in label if get(i).lower() in TRUE)
+        elif delim is not None:
+            value = tuple(dict.fromkeys(v.strip() for v in get(label).split(delim or None) if v.strip())) or ""
+        else:
+            value = get(label)
+        out.append((get(path), value, get(split).lower() or None))
     return out
 
 
 def load_table(
     spec, *, image_root: str | Path | None = None, class_names: list[str] | None = None, seed: int = 0, val_fraction: float = 0.1,
     channels: int | None = None, image_size: int | None = None, split_files: dict[str, list[str]] | None = None, default_size: int = 128,
+    label_delim: str | None = None, label_columns: list[str] | None = None, multi_label: bool = False,
 ) -> Dataset:  # fmt: skip
-    """A dataset from a CSV file's path, or a pandas DataFrame (its paths relative to image_root, else the working folder)."""
+    """A dataset from a CSV file's path, or a pandas DataFrame (its paths relative to image_root, else the working folder).
+    Multi-label with `label_delim` (several labels in one cell), or a wide table (one 0/1 column per label: those in
+    `label_columns`, else with `multi_label` every column but the path, split and id)."""
     if hasattr(spec, "columns") and hasattr(spec, "itertuples"):  # a DataFrame
         where, folder = "the DataFrame", Path.cwd()
         rows = [list(map(str, spec.columns)), *([("" if v is None else str(v)) for v in row] for row in spec.itertuples(index=False))]
@@ -80,7 +102,8 @@ def load_table(
         where, folder, name = str(table), table.resolve().parent, table.stem
         rows = read_rows(table)
     root = Path(image_root).expanduser().resolve() if image_root else folder
-    entries, classes, skipped = _entries(records(rows, where), root, class_names, where)
+    wide = label_columns if label_columns is not None else ([] if multi_label else None)
+    entries, classes, skipped = _entries(records(rows, where, label_delim, wide), root, class_names, where)
     LOG.info(
         f"{printable(where)}: {len(entries) + len(skipped):,} rows, {len(entries):,} used"
         + (f", {len(skipped):,} skipped" if skipped else "")
@@ -95,7 +118,7 @@ def _entries(rows, root: Path, class_names: list[str] | None, where: str) -> tup
     for path, label, split in rows:
         if not path:
             skipped.append(f"(a row without a path, label {label!r}): empty path")
-        elif not label:
+        elif label == "":  # an empty set of a wide table's labels is an image with none of them
             skipped.append(f"{path}: empty label")
         elif path in seen:
             skipped.append(f"{path}: listed again")
@@ -112,11 +135,17 @@ def _entries(rows, root: Path, class_names: list[str] | None, where: str) -> tup
     if not usable:
         example = f", e.g. {skipped[0]}" if skipped else ""
         raise ImgclsError(f"{where} has no usable rows ({len(skipped)} skipped{example}): check the paths (relative to {root})")
-    classes = _class_names(sorted({label for _, label, *_ in usable}), class_names, where)
+    multi = isinstance(usable[0][1], tuple)
+    found = sorted({name for _, label, *_ in usable for name in (label if multi else (label,))})
+    classes = _class_names(found, class_names, where)
     index = {c: i for i, c in enumerate(classes)}
-    entries = [Entry(path, index[_named(label, class_names)], split, size, mtime) for path, label, split, size, mtime in usable]
-    if len({e.label for e in entries}) < 2:
-        raise ImgclsError(f"{where} has a single class ({classes[entries[0].label]}): a classifier needs at least two")
+
+    def label_of(label):
+        return tuple(sorted(index[_named(v, class_names)] for v in label)) if multi else index[_named(label, class_names)]
+
+    entries = [Entry(path, label_of(label), split, size, mtime) for path, label, split, size, mtime in usable]
+    if len(classes) < 2:
+        raise ImgclsError(f"{where} has a single class ({classes[0]}): a classifier needs at least two")
     return entries, classes, skipped
 
 

@@ -30,14 +30,16 @@ def is_python_object(data) -> bool:
 
 
 def handed_over(
-    data, seed: int = 0, val_fraction: float = 0.1, image_size: int | None = None, image_root=None, class_names=None
-) -> Dataset:
+    data, seed: int = 0, val_fraction: float = 0.1, image_size: int | None = None, image_root=None, class_names=None,
+    table_labels: dict | None = None,
+) -> Dataset:  # fmt: skip
     """A Dataset of what a Python caller handed over: a pandas DataFrame of paths and labels (imgcls.data.table), or
     images (from_python)."""
     if hasattr(data, "columns") and hasattr(data, "itertuples"):
         from imgcls.data.table import load_table
 
-        return load_table(data, image_root=image_root, class_names=class_names, seed=seed, val_fraction=val_fraction, image_size=image_size)
+        return load_table(data, image_root=image_root, class_names=class_names, seed=seed, val_fraction=val_fraction, image_size=image_size,
+                          **(table_labels or {}))  # fmt: skip
     return from_python(data, seed, val_fraction, image_size)
 
 

@@ -49,6 +49,12 @@ def write_report(
     history = read_metrics(run_dir / "metrics.csv") if history is None else history
     config = _read_optional(run_dir / "config.json") if config is None else config
     summary = _read_optional(run_dir / "summary.json") if summary is None else summary
+    if labels.ndim == 2:  # multi-label: its own figures and page
+        from imgcls import multilabel
+        from imgcls.report import multilabel as report
+
+        result = multilabel.metrics(logits, labels, classes, summary.get("thresholds"))
+        return report.write_report(run_dir, classes, images, result, history, config, summary)
     labels, log_probs = labels.cpu(), logits.detach().float().cpu().log_softmax(1)
     probs = log_probs.exp()
     predictions = probs.argmax(1)
@@ -99,6 +105,11 @@ def report_run(run: str | Path, data_dir: str | None = None, device: str = "auto
         )
         raise ImgclsError(f"{run_dir} holds no best.pt: {hint}")
     _, data, result = evaluate_checkpoint(run_dir / "best.pt", data_dir=data_dir, device=device, batch_size=batch_size)
+    if data.multi_label:
+        from imgcls.report import multilabel as report
+
+        return report.write_report(run_dir, data.classes, data.test.images, result, read_metrics(run_dir / "metrics.csv"),
+                                   _read_optional(run_dir / "config.json"), _read_optional(run_dir / "summary.json"))  # fmt: skip
     return write_report(run_dir, data.classes, data.test.images, data.test.labels, result.logits, data=data)
 
 

@@ -63,6 +63,7 @@ def _figures(summary: dict, test: dict) -> list[tuple[str, str]]:
         ("balanced_accuracy", "test balanced accuracy", "{:.2%}"),
         ("macro_f1", "test macro F1", "{:.4f}"),
         ("best_val_accuracy", "best val accuracy", "{:.2%}"),
+        ("best_val_map", "best val mAP", "{:.4f}"),
         ("best_epoch", "best epoch", "{}"),
         ("epochs_run", "epochs run", "{}"),
         ("train_seconds", "training time", "{:.1f} s"),

@@ -166,7 +166,7 @@ class Batcher:
                 waiting.append(self.decoded.get_nowait())
             pixels, futures = zip(*waiting)
             try:
-                results = self.predictor.top(self.predictor.probabilities(np.stack(pixels)), self.top_k)
+                results = self.predictor.answers(self.predictor.probabilities(np.stack(pixels)), self.top_k)
             except Exception as e:  # noqa: BLE001 - a failed forward fails its batch, not the server
                 results = [e] * len(futures)
             self.loop.call_soon_threadsafe(_settle, futures, results)
@@ -227,6 +227,7 @@ def create_app(predictor: Predictor, top_k: int = 5, max_bytes: int = 10 * 2**20
             data = await upload.read()
         if not data:
             raise HTTPException(400, "the file is empty")
-        return {"predictions": await batcher.predict(data), "model": predictor.name}
+        answer = await batcher.predict(data)  # a multi-label model's: its label set beside the top classes
+        return {**(answer if isinstance(answer, dict) else {"predictions": answer}), "model": predictor.name}
 
     return app

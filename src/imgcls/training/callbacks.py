@@ -135,10 +135,12 @@ class Report(Callback):
 
 
 def format_epoch(row: dict, epochs: int) -> str:
+    """An epoch's line; a multi-label run's accuracies are exact matches, and its val mAP picks the best epoch."""
+    mean_ap = f" mAP {row['val_map']:.4f}" if "val_map" in row else ""
     return (
         f"epoch {row['epoch']:>{len(str(epochs))}}/{epochs}  "
         f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}  "
-        f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}  "
+        f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}{mean_ap}  "
         f"lr {row['lr']:.2e}  {row['seconds']:.1f}s  {row['images_per_second']:,.0f} img/s" + ("  *best*" if row["best"] else "")
     )
 

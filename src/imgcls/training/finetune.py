@@ -114,7 +114,7 @@ def train_head(trainer) -> dict | None:
                 schedule.step()
     with torch.no_grad():
         logits = sum(head(v) for v in val) / len(val)
-        val_accuracy = (logits.argmax(1).cpu() == data.val.labels).float().mean().item()
+        val_accuracy = trainer.task.evaluate(logits, data.val.labels.to(logits.device), data.num_classes).accuracy
     return {
         "epochs": cfg.freeze_epochs,
         "feature_seconds": round(extract_seconds, 3),

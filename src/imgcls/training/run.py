@@ -14,7 +14,7 @@ import torch.nn as nn
 from imgcls import checkpoint, distributed, files
 from imgcls.config import MODEL_OPTIONS, TrainConfig, check, fill_defaults, saved_model_options
 from imgcls.data import dataset_name, load_dataset
-from imgcls.data.core import Dataset, imbalance
+from imgcls.data.core import Dataset, as_label_sets, imbalance
 from imgcls.data.health import dedupe, dedupe_line
 from imgcls.data.hf import local, parse
 from imgcls.data.registry import HF, is_folder_spec, is_hf
@@ -37,7 +37,8 @@ CPU_IMAGE_SIZE, GPU_IMAGE_SIZE = 128, 224  # the side of photo folders without -
 def describe(cfg: TrainConfig, data: Dataset, trainer: Trainer) -> str:
     shape = "x".join(map(str, data.shape))
     return (
-        f"data {data.name}: {len(data.train):,} train / {len(data.val):,} val / {len(data.test):,} test, {shape}, {data.num_classes} classes\n"
+        f"data {data.name}: {len(data.train):,} train / {len(data.val):,} val / {len(data.test):,} test, {shape}, "
+        f"{f'{data.num_classes} labels (multi-label)' if data.multi_label else f'{data.num_classes} classes'}\n"
         f"model {cfg.model}: {num_params(trainer.model):,} params on {trainer.device}"
         f"{' (AMP ' + str(trainer.amp).removeprefix('torch.') + ')' if trainer.amp else ''}{', compiled' if cfg.compile else ''}\n"
         f"recipe {cfg.recipe}: {cfg.optimizer} lr {cfg.lr:g}{f' (filters {cfg.muon_lr:g})' if cfg.optimizer == 'muon' else ''} wd {cfg.weight_decay:g}, {cfg.schedule} schedule, batch {cfg.batch_size}, "
@@ -59,11 +60,10 @@ def load_run_data(cfg: TrainConfig, split_files=None) -> Dataset:
         )
     load = partial(
         load_dataset, cfg.data, data_dir=cfg.data_dir, seed=cfg.seed, val_fraction=cfg.val_fraction, image_size=cfg.image_size,
-        default_size=default_size, image_root=cfg.image_root, class_names=cfg.class_names(), image_column=cfg.image_column,
-        label_column=cfg.label_column,
+        default_size=default_size, **cfg.reading(),
     )  # fmt: skip
     if cfg.dedupe and split_files is None:  # the seed's split less the copies; resume and evaluate replay what split.json keeps
-        kept, dropped = dedupe(load())
+        kept, dropped = dedupe(as_label_sets(load()))  # multi-label: a conflict is one picture under two label sets
         return replace(load(split_files=kept), dropped=dropped)
     return load(split_files=split_files)
 

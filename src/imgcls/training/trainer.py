@@ -9,6 +9,7 @@ import math
 import signal
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -17,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from imgcls import checkpoint, distributed
 from imgcls.config import TrainConfig
-from imgcls.data.augment import prepare
+from imgcls.data.augment import mix_rows, prepare
 from imgcls.data.core import Dataset, Split
 from imgcls.device import amp_dtype, autocast, pick_device, use_channels_last
 from imgcls.errors import ImgclsError
@@ -31,7 +32,7 @@ from imgcls.training import finetune
 from imgcls.training.averaging import Lookahead, WeightAverage
 from imgcls.training.callbacks import Callback, Callbacks
 from imgcls.training.optim import make_optimizer, make_schedule
-from imgcls.training.tasks import SingleLabel, Task, class_weights
+from imgcls.training.tasks import Task, image_weights, task_for
 
 LOG = logging.getLogger(__name__)
 SYNC_EVERY = 10  # steps between reading statistics back from the device (and checking for NaN)
@@ -52,18 +53,22 @@ class Progress:
     history: list[dict] = field(default_factory=list)
     best_val_accuracy: float = -1.0
     best_val_loss: float = math.inf
+    best_score: list | None = None  # the task's score of the best epoch (Task.score): what a new epoch must beat
     best_epoch: int = 0
     stale_epochs: int = 0
     finished: bool = False
     frozen_stage: dict | None = None  # what the frozen stage of a fine-tune did, once done (imgcls.finetune)
 
 
-def batch_mix(cfg: TrainConfig, num_classes: int):
+def batch_mix(cfg: TrainConfig, num_classes: int, multi_label: bool = False):
     """torchvision's MixUp and CutMix (v2) over whole normalised batches, giving soft targets; with both, each batch takes
     one of them at random, as timm does; None when neither is asked for. Normalisation is affine, so mixing normalised
-    images is mixing the pixels."""
+    images is mixing the pixels. torchvision's take class indices only: multi-hot targets are mixed by
+    data.augment.mix_rows instead."""
     if not (cfg.mixup or cfg.cutmix):
         return None
+    if multi_label:
+        return partial(mix_rows, mixup=cfg.mixup or 0.0, cutmix=cfg.cutmix or 0.0)
     from torchvision.transforms import v2  # imported on use: torchvision adds a second to start-up
 
     mixes = [*([v2.MixUp(alpha=cfg.mixup, num_classes=num_classes)] if cfg.mixup else []),
@@ -89,9 +94,7 @@ class Trainer:
         self.cfg, self.data, self.run_dir = cfg, data, Path(run_dir)
         self.callbacks = callbacks if isinstance(callbacks, Callback) else Callbacks(callbacks)
         self.group, self.device = distributed.setup(pick_device(cfg.device))
-        self.task = task or SingleLabel(
-            cfg.label_smoothing or 0.0, class_weights(data.train.labels, data.num_classes, self.device) if cfg.balance == "weight" else None
-        )
+        self.task = task or task_for(cfg, data, self.device)
         self.amp = amp_dtype(self.device, cfg.precision)
         torch.manual_seed(cfg.seed)
         if model is None:
@@ -111,7 +114,7 @@ class Trainer:
         self.scheduler, self.schedule_per_step = make_schedule(cfg, self.optimizer, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
         self.augment = cfg.augmentation()
-        self.mix = batch_mix(cfg, data.num_classes)
+        self.mix = batch_mix(cfg, data.num_classes, data.multi_label)
         # Each rank augments its shard with its own draws; rank 0's are a single process's.
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed + self.group.rank * 1_000_003)
         self.mean = torch.tensor(data.mean, device=self.device).view(-1, 1, 1)
@@ -143,6 +146,7 @@ class Trainer:
             "std": list(self.data.std),
             "config": self.cfg.to_dict(),
             "epoch": self.progress.epoch,
+            "task": self.task.name,
             "state_dict": state_dict,
         }
 
@@ -203,6 +207,8 @@ class Trainer:
         if "cuda" in ckpt["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
         self.progress = Progress(**ckpt["progress"])
+        if self.progress.best_score is None and self.progress.best_val_accuracy >= 0:  # a last.pt from before best_score
+            self.progress.best_score = [self.progress.best_val_accuracy, -self.progress.best_val_loss]
 
     # --- training ----------------------------------------------------------------------------------
 
@@ -227,7 +233,7 @@ class Trainer:
         With --balance sample an epoch is as many draws as there are images, each class drawn as often."""
         generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
         if self.cfg.balance == "sample":  # as many draws as images, every class as likely (rare images repeat)
-            per_image = class_weights(self.data.train.labels, self.data.num_classes)[self.data.train.labels]
+            per_image = image_weights(self.data.train.labels, self.data.num_classes)
             order = torch.multinomial(per_image, len(per_image), replacement=True, generator=generator)
         else:
             order = torch.randperm(len(self.train_labels), generator=generator)
@@ -241,7 +247,7 @@ class Trainer:
         x = prepare(x, self.mean, self.std, self.augment, self.generator, index=idx, epoch=self.progress.epoch)
         target = y
         if self.mix is not None:  # soft targets; the running accuracy still counts the images' own labels
-            x, target = self.mix(x, y)
+            x, target = self.mix(x, y, self.generator) if self.data.multi_label else self.mix(x, y)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with autocast(self.device, self.amp):
@@ -328,6 +334,7 @@ class Trainer:
             "train_acc": correct / seen,
             "val_loss": val.loss,
             "val_acc": val.accuracy,
+            **self.task.row(val),
             "lr": self.lr,
             "seconds": p.seconds,
         }
@@ -335,10 +342,11 @@ class Trainer:
         p.train_seconds += p.seconds
         p.images_seen += int(seen)
         p.epoch, p.step, p.totals, p.seconds = p.epoch + 1, 0, [0.0, 0.0, 0.0], 0.0
-        improved = self.task.score(val) > self.task.score(EvalResult(p.best_val_loss, p.best_val_accuracy, val.confusion))
+        score = list(self.task.score(val))
+        improved = p.best_score is None or score > p.best_score
         # The val figures are every process's (sharded, gathered), so all decide the same: best epoch, early stop.
         if improved:
-            p.best_val_accuracy, p.best_val_loss, p.best_epoch, p.stale_epochs = val.accuracy, val.loss, p.epoch, 0
+            p.best_val_accuracy, p.best_val_loss, p.best_epoch, p.stale_epochs, p.best_score = val.accuracy, val.loss, p.epoch, 0, score
             if self.group.main:
                 checkpoint.atomic_save(self._payload(self._weights(self.evaluated)), self.run_dir / "best.pt")
         else:
@@ -346,7 +354,7 @@ class Trainer:
         p.finished = p.epoch >= cfg.epochs or (cfg.patience > 0 and p.stale_epochs >= cfg.patience)
         self.save_last()
         if self.group.main:
-            write_metrics(self.run_dir / "metrics.csv", p.history)
+            write_metrics(self.run_dir / "metrics.csv", p.history, self.task.columns)
         return {**row, "best": improved, "images_per_second": seen / max(row["seconds"], 1e-9)}
 
     def fit(self) -> dict:
@@ -375,19 +383,21 @@ class Trainer:
         self.evaluated.load_state_dict(best["state_dict"])
         kept = f"best.pt and last.pt are kept, `imgcls train --resume {self.run_dir}` tests it again"
         with during("testing the best checkpoint", kept):
+            settled = self.task.settle(self._eval(self.data.val).logits, self.data.val.labels)  # multi-label: thresholds
+            if settled and self.group.main:
+                checkpoint.atomic_save({k: v for k, v in best.items() if k != "path"} | settled, self.run_dir / "best.pt")
             test = self.test = self._eval(self.data.test)
-        if self.group.main:
+        if self.group.main and hasattr(test, "confusion"):
             write_confusion_csv(test.confusion, self.data.classes, self.run_dir / "confusion_matrix.csv")
         summary = {
             "dataset": self.data.name,
             "model": self.cfg.model,
+            "task": self.task.name,
             "classes": self.data.classes,
-            "test_accuracy": test.accuracy,
-            "balanced_accuracy": test.balanced_accuracy,
-            "macro_f1": test.macro_f1,
-            "test_loss": test.loss,
+            **self.task.summary(test, self.data.classes),
             "test_images": len(self.data.test),
             "best_val_accuracy": p.best_val_accuracy,
+            **self.task.best(p.best_score),
             "best_epoch": p.best_epoch,
             "epochs_run": p.epoch,
             "stopped_early": p.epoch < self.cfg.epochs,
@@ -395,7 +405,6 @@ class Trainer:
             "images_per_second": round(p.images_seen / max(p.train_seconds, 1e-9), 1),
             "num_params": num_params(self.model),
             "device": str(self.device),
-            "per_class_accuracy": test.per_class_accuracy(self.data.classes),
             "skipped_files": len(self.data.skipped),
             "frozen_stage": p.frozen_stage,
         }

@@ -1,5 +1,6 @@
 "use strict";
-// The imgcls page: upload an image, or draw a digit (1-channel models), and show the top classes from POST /predict.
+// The imgcls page: upload an image, or draw a digit (1-channel models), and show the top classes from POST /predict;
+// a multi-label model's answer also names its label set (every label over its threshold), whose bars are marked.
 
 const $ = (id) => document.getElementById(id);
 const DIGIT_BOX = 20; // MNIST digits fit a 20x20 box centred by mass in 28x28; drawings are made to look the same
@@ -12,7 +13,8 @@ async function loadModel() {
     inputSize = model.input_size;
     const [c, h, w] = inputSize;
     $("model-info").textContent =
-      `${model.name} · ${model.classes.length} classes · ${c === 1 ? "greyscale" : "colour"} ${w}×${h} input`;
+      `${model.name} · ${model.classes.length} ${model.multi_label ? "labels (multi-label)" : "classes"} · ` +
+      `${c === 1 ? "greyscale" : "colour"} ${w}×${h} input`;
     $("draw").hidden = !model.drawing;
   } catch (e) {
     $("model-info").textContent = `cannot reach the model: ${e}`;
@@ -27,18 +29,24 @@ async function predict(blob, name) {
     const response = await fetch("/predict", { method: "POST", body: form });
     const body = await response.json();
     if (!response.ok) throw new Error(body.detail || response.statusText);
-    showResults(body.predictions);
+    showResults(body.predictions, body.labels);
   } catch (e) {
     $("results").replaceChildren();
+    $("label-set").hidden = true;
     $("error").textContent = String(e.message || e);
     $("error").hidden = false;
   }
 }
 
-function showResults(predictions) {
+function showResults(predictions, chosen) {
+  const multi = Array.isArray(chosen);
+  $("label-set").hidden = !multi;
+  if (multi) $("label-set").textContent = chosen.length ? `labels: ${chosen.join(" + ")}` : "no label over its threshold";
+  $("results").classList.toggle("multi", multi);
   const items = predictions.map(({ label, probability }) => {
     const li = document.createElement("li");
     li.dataset.label = label;
+    if (multi && chosen.includes(label)) li.classList.add("chosen");
     const name = document.createElement("span");
     name.className = "label";
     name.textContent = label;
@@ -87,6 +95,7 @@ function clearCanvas() {
   pen.fillStyle = "#000";
   pen.fillRect(0, 0, canvas.width, canvas.height);
   $("results").replaceChildren();
+  $("label-set").hidden = true;
 }
 
 let drawing = false;
