@@ -147,7 +147,7 @@ def test_methods_round_trip_through_checkpoints(tmp_path):
     # predict and serve average the same views as the run's evaluation
     images = trainer.data.test.images
     mean, std = checkpoint.normalisation(best)
-    want = predict_logits(model, images, mean, std, tta=True, tta_shift=1).softmax(1)
+    want = (predict_logits(model, images, mean, std, tta=True, tta_shift=1) / best["temperature"]).softmax(1)  # calibrated
     assert torch.allclose(Predictor.from_checkpoint(tmp_path / "run", device="cpu").probabilities(images), want, atol=1e-5)
 
 

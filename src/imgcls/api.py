@@ -205,13 +205,26 @@ def _model(model) -> tuple[str | None, nn.Module | None]:
 
 
 def evaluate(run, data=None, *, split: str = "test", device: str = "auto", batch_size: int | None = None, data_dir: str | None = None,
-             out: str | Path | None = None):  # fmt: skip
+             out: str | Path | None = None, coverage: bool = False):  # fmt: skip
     """Test a run's best model (a Run, its folder, or a .pt file) on a split of its own data, or of `data` (a named
     dataset, a folder, or your own Python data); writes confusion_matrix_SPLIT.csv and evaluation_SPLIT.json into
-    `out` (the run folder). Returns an imgcls.evaluation.Evaluation: accuracy, loss, per_class_accuracy, confusion."""
-    from imgcls.evaluation import evaluate_run
+    `out` (the run folder). Returns an imgcls.evaluation.Evaluation: accuracy, loss, per_class_accuracy, confusion, ece.
+    With `coverage` (single-label), also the accuracy on the most confident 100, 95, 90, 80, 70 and 50% of the images
+    with the --min-confidence that keeps each (`Evaluation.coverage`), and their curve in coverage_SPLIT.png."""
+    from imgcls.evaluation import MultiLabelEvaluation, evaluate_run
 
-    return evaluate_run(_path(run), data, data_dir, split, device, batch_size, out)
+    found = evaluate_run(_path(run), data, data_dir, split, device, batch_size, out, coverage=coverage)
+    if coverage and isinstance(found, MultiLabelEvaluation):
+        LOG.warning("coverage: not for a multi-label model, whose labels are decided by thresholds of their own")
+    elif coverage and found.coverage is not None:
+        from imgcls.report import plots
+        from imgcls.report.calibration import coverage_figure
+
+        path = found.files[0].parent / f"coverage_{split}.png"
+        suggested = found.suggested_min_confidence
+        plots.save(coverage_figure(found.logits, found.labels, suggested, split), path)
+        found.files.append(path)
+    return found
 
 
 def export(run, format: str = "onnx", *, out: str | Path | None = None, tolerance: float = 1e-3, parity_images: int = 64):
@@ -233,12 +246,16 @@ def lr_find(data="mnist-sample", model=None, *, out: str | Path | None = None, s
     return probe(TrainConfig.from_options(data=data, model=spec, **options), out, steps, start_lr, end_lr, data=dataset)
 
 
-def load(run_or_checkpoint, device: str | None = None, backend: str = "torch"):
+def load(run_or_checkpoint, device: str | None = None, backend: str = "torch", min_confidence: float = 0.0):
     """A trained model ready to predict: an imgcls.Predictor of a Run, run folder, .pt file or exported .onnx file.
-    `Predictor.predict(inputs, top_k=1)` takes paths, folders, PIL images, arrays and tensors."""
+    `Predictor.predict(inputs, top_k=1)` takes paths, folders, PIL images, arrays and tensors; `Predictor.explain(inputs)`
+    says where the model looked. With `min_confidence`, an image whose top probability is below it is answered
+    "unknown" (single-label)."""
     from imgcls.inference import Predictor
 
-    return Predictor.open(_path(run_or_checkpoint), backend, device or "auto")
+    predictor = Predictor.open(_path(run_or_checkpoint), backend, device or "auto")
+    predictor.min_confidence = min_confidence
+    return predictor
 
 
 def _path(run) -> Path:

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from imgcls import checkpoint, multilabel
+from imgcls.calibration import coverage_table, expected_calibration_error
 from imgcls.checkpoint import load_model, normalisation
 from imgcls.data import Dataset, load_dataset
 from imgcls.data.augment import prepare
@@ -34,6 +35,7 @@ class EvalResult:
     accuracy: float
     confusion: torch.Tensor  # K x K counts, rows = true class, columns = predicted
     logits: torch.Tensor | None = field(default=None, repr=False)  # N x K, kept so the report needs no second pass
+    labels: torch.Tensor | None = field(default=None, repr=False)
 
     def per_class_accuracy(self, classes: list[str]) -> dict[str, float | None]:
         """Recall of each class; None for a class with no samples in this split."""
@@ -125,7 +127,7 @@ def metrics(logits: torch.Tensor, labels: torch.Tensor, num_classes: int) -> Eva
     loss = F.cross_entropy(logits, labels).item()
     predictions = logits.argmax(1)
     accuracy = (predictions == labels).float().mean().item()
-    return EvalResult(loss, accuracy, confusion_matrix(labels, predictions, num_classes).cpu(), logits)
+    return EvalResult(loss, accuracy, confusion_matrix(labels, predictions, num_classes).cpu(), logits, labels)
 
 
 def checkpoint_data(ckpt: dict, spec=None, data_dir: str | None = None) -> Dataset:
@@ -195,7 +197,7 @@ def evaluate_checkpoint(
         logits = predict_logits(model, part.images, mean, std, batch_size=batch_size, **settings)
         if ckpt.get("task") == "multi-label":
             return ckpt, data, multilabel.metrics(logits, part.labels, data.classes, ckpt.get("thresholds"))
-        return ckpt, data, metrics(logits, part.labels, data.num_classes)
+        return ckpt, data, metrics(logits / ckpt.get("temperature", 1.0), part.labels, data.num_classes)  # calibrated, as in training
 
 
 def format_per_class(per_class: dict[str, float | None], confusion: torch.Tensor, precision: dict[str, float | None]) -> str:
@@ -264,11 +266,17 @@ class Evaluation:
     confusion: torch.Tensor = field(repr=False)
     classes: list[str] = field(repr=False)
     files: list[Path] = field(default_factory=list)
+    ece: float = float("nan")  # expected calibration error of the probabilities shown (after the temperature)
+    temperature: float = 1.0
+    coverage: list[dict] | None = None  # with coverage=True: accuracy and min_confidence at each share of images kept
+    suggested_min_confidence: float | None = None  # the run's suggestion (95% of its val images), where it made one
+    logits: torch.Tensor | None = field(default=None, repr=False)  # calibrated
+    labels: torch.Tensor | None = field(default=None, repr=False)
 
 
 def evaluate_run(
     run: str | Path, data=None, data_dir: str | None = None, split: str = "test", device: str = "auto", batch_size: int | None = None,
-    out: str | Path | None = None,
+    out: str | Path | None = None, coverage: bool = False,
 ) -> Evaluation:  # fmt: skip
     """Test a run's best.pt (or a .pt file) on a split of its own data, or of `data`; write confusion_matrix_SPLIT.csv and
     evaluation_SPLIT.json into `out` (the run folder by default)."""
@@ -286,15 +294,28 @@ def evaluate_run(
     found = Evaluation(name, dataset.name, split, int(result.confusion.sum()), result.loss, result.accuracy, per_class,
                        result.balanced_accuracy, result.macro_f1, result.per_class_precision(dataset.classes), result.confusion,
                        dataset.classes)  # fmt: skip
+    found.temperature, found.logits, found.labels = ckpt.get("temperature", 1.0), result.logits, result.labels
+    found.ece = expected_calibration_error(result.logits.float().softmax(1), result.labels) if result.logits is not None else float("nan")
+    if coverage and result.logits is not None:
+        found.coverage = coverage_table(result.logits.float().softmax(1), result.labels)
+        found.suggested_min_confidence = _run_summary(ckpt).get("suggested_min_confidence")
     csv_path, json_path = folder / f"confusion_matrix_{split}.csv", folder / f"evaluation_{split}.json"
     write_confusion_csv(result.confusion, dataset.classes, csv_path)
     write_json(json_path, {
         "checkpoint": ckpt["path"], "data": name, "split": split, "images": found.images, "loss": found.loss, "accuracy": found.accuracy,
         "balanced_accuracy": found.balanced_accuracy, "macro_f1": found.macro_f1, "per_class_accuracy": per_class,
-        "per_class_precision": found.per_class_precision,
+        "per_class_precision": found.per_class_precision, "ece": found.ece, "temperature": found.temperature,
+        **({"coverage": found.coverage} if found.coverage is not None else {}),
     })  # fmt: skip
     found.files = [csv_path, json_path]
     return found
+
+
+def _run_summary(ckpt: dict) -> dict:
+    from imgcls.files import read_json
+
+    path = Path(ckpt["path"]).parent / "summary.json"
+    return read_json(path) if path.is_file() else {}
 
 
 @dataclass

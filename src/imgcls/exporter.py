@@ -193,6 +193,7 @@ def _export(model: torch.nn.Module, ckpt: dict, fmt: str, path: Path, tolerance:
         "model_options": ckpt.get("model_options", {}), "classes": ckpt["classes"], "in_shape": ckpt["in_shape"],
         "mean": ckpt["mean"], "std": ckpt["std"], "preprocessing": PREPROCESSING,
         "task": ckpt.get("task", "single-label"), "thresholds": ckpt.get("thresholds"),  # multi-label: a sigmoid per label, decided so
+        "temperature": ckpt.get("temperature", 1.0),  # probabilities are softmax(logits / temperature), fitted on val
         "tta": bool(ckpt["config"].get("tta")),  # the run averaged each image's logits with its mirror image's
         "tta_shift": ckpt["config"].get("tta_shift") or 0,  # and with those of its views shifted by +-this many pixels
         "input": {"name": "images", "shape": ["batch", *ckpt["in_shape"]], "dtype": "float32"},

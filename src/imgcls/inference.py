@@ -14,16 +14,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imgcls import checkpoint
+from imgcls import checkpoint, explain
 from imgcls.checkpoint import load_model, normalisation
 from imgcls.data.augment import prepare
-from imgcls.data.images import ImageReadError, load_image, read_image
+from imgcls.data.images import ImageReadError, load_image, read_image, upright
 from imgcls.device import pick_device
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import tta_views
 from imgcls.exporter import exported_path, onnx_session, read_metadata
 
 BACKENDS = ("torch", "onnx")
+UNKNOWN = "unknown"  # the answer of a model that abstains (its top probability below min_confidence)
 
 
 class Predictor:
@@ -31,7 +32,8 @@ class Predictor:
 
     `forward` takes a normalised float32 batch on `device` and returns float32 logits."""
 
-    def __init__(self, meta: dict, forward: Callable[[torch.Tensor], torch.Tensor], backend: str, device: torch.device):
+    def __init__(self, meta: dict, forward: Callable[[torch.Tensor], torch.Tensor], backend: str, device: torch.device,
+                 model: torch.nn.Module | None = None):  # fmt: skip
         self.name = meta["model"]
         self.classes: list[str] = list(meta["classes"])
         self.in_shape: tuple[int, int, int] = tuple(meta["in_shape"])
@@ -41,15 +43,19 @@ class Predictor:
         self.mean, self.std = normalisation(meta, device)
         self.multi_label = meta.get("task") == "multi-label"  # a sigmoid per label, each decided by its threshold
         self.thresholds = torch.tensor(meta.get("thresholds") or [0.5] * len(self.classes)) if self.multi_label else None
+        self.temperature = float(meta.get("temperature") or 1.0)  # fitted on val (--calibrate): calibrated probabilities
+        self._min_confidence = 0.0
         self.tta = bool(meta["tta"] if "tta" in meta else meta.get("config", {}).get("tta"))  # predict as the run evaluated
         self.tta_shift = int(meta["tta_shift"] if "tta_shift" in meta else meta.get("config", {}).get("tta_shift") or 0)
         self._forward = forward
+        self.model = model  # the torch backend's module: Grad-CAM needs its layers and gradients
+        self._feature_layer: list = []  # found on first use (explain.feature_layer)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str = "auto") -> "Predictor":
         ckpt, where = checkpoint.load(path), pick_device(device)
         model = load_model(ckpt, where)
-        return cls(ckpt, lambda x: model(x).float(), "torch", where)
+        return cls(ckpt, lambda x: model(x).float(), "torch", where, model)
 
     @classmethod
     def from_onnx(cls, path: str | Path) -> "Predictor":
@@ -71,6 +77,17 @@ class Predictor:
         return cls.from_checkpoint(path, device)
 
     @property
+    def min_confidence(self) -> float:
+        """Single-label: below this top probability (calibrated), the answer is UNKNOWN; 0 answers always."""
+        return self._min_confidence
+
+    @min_confidence.setter
+    def min_confidence(self, value: float) -> None:
+        if not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ImgclsError(f"min_confidence must be a probability from 0 to 1, got {value!r}")
+        self._min_confidence = float(value)
+
+    @property
     def channels(self) -> int:
         return self.in_shape[0]
 
@@ -80,7 +97,7 @@ class Predictor:
 
     def describe(self) -> dict:
         return {"name": self.name, "classes": self.classes, "input_size": list(self.in_shape), "backend": self.backend,
-                "multi_label": self.multi_label}  # fmt: skip
+                "multi_label": self.multi_label, "temperature": self.temperature}  # fmt: skip
 
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """The training decode of image folders (data/images.py), at the model's channels and size."""
@@ -91,17 +108,44 @@ class Predictor:
 
     @torch.inference_mode()
     def probabilities(self, images: torch.Tensor | np.ndarray, batch_size: int = 256) -> torch.Tensor:
-        """Probabilities (N x K, float32, on the CPU) of uint8 N x C x H x W images, batch by batch: softmax, or for a
-        multi-label model a sigmoid per label."""
+        """Probabilities (N x K, float32, on the CPU) of uint8 N x C x H x W images, batch by batch: softmax of the logits
+        over the run's temperature, or for a multi-label model a sigmoid per label."""
         if isinstance(images, np.ndarray):
             images = torch.from_numpy(np.array(images))  # a copy: decoded PIL pixels are read-only
         out = []
         for start in range(0, len(images), batch_size):
             x = prepare(images[start : start + batch_size].to(self.device), self.mean, self.std)
             views = tta_views(x, self.tta, self.tta_shift)
-            logits = sum(self._forward(v) for v in views) / len(views)
+            logits = sum(self._forward(v) for v in views) / len(views) / self.temperature
             out.append((logits.sigmoid() if self.multi_label else logits.softmax(1)).cpu())
         return torch.cat(out) if out else torch.empty(0, len(self.classes))
+
+    def feature_layer(self) -> torch.nn.Module | None:
+        """The layer Grad-CAM explains (explain.feature_layer), or None where occlusion stands in."""
+        if not self._feature_layer:
+            self._feature_layer.append(explain.feature_layer(self.model, self.in_shape, self.device))
+        return self._feature_layer[0]
+
+    def scores(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits of a normalised float batch, without TTA: what occlusion watches drop (a probability near 1
+        hardly moves when part of the evidence is hidden; its logit does)."""
+        return self._forward(x)
+
+    def explain(self, inputs, class_: str | None = None, out: str | Path | None = None) -> list["explain.Explanation"]:
+        """Where the model looked in each input (the inputs of predict): a heatmap in [0, 1] at the image's own size, for
+        `class_` or else the predicted class, by Grad-CAM for convolutional models and occlusion for the others. With `out`,
+        each image's overlay (NAME.png) and heatmap (NAME.npy) are written into that folder."""
+        items: list[tuple[Image.Image | None, Path | None, str | None]] = []
+        for kind, group in _grouped(inputs):
+            if kind == "images":
+                items += [(image, None, None) for image in group]
+                continue
+            for path in collect_files([str(f) for f in group]):
+                try:
+                    items.append((upright(path), path, None))
+                except ImageReadError as e:
+                    items.append((None, path, str(e)))
+        return explain.explain_images(self, items, class_, out)
 
     def predict(self, inputs, top_k: int = 1, batch_size: int = 256) -> list["Prediction"]:
         """The model's answer for each input: image file paths, folders (their images, recursively), PIL images, uint8
@@ -121,18 +165,22 @@ class Predictor:
         return out
 
     def decided(self, probs: torch.Tensor) -> list[list[str]]:
-        """Each row's label set: for a multi-label model every label at or over its threshold, else the likeliest class."""
+        """Each row's label set: for a multi-label model every label at or over its threshold, else the likeliest class
+        (none where its probability is below min_confidence)."""
         if not self.multi_label:
-            return [[self.classes[i]] for i in probs.argmax(1).tolist()]
+            top, index = probs.max(1)
+            return [[self.classes[i]] if p >= self.min_confidence else [] for p, i in zip(top.tolist(), index.tolist())]
         return [[self.classes[i] for i in torch.nonzero(row).flatten().tolist()] for row in probs >= self.thresholds]
 
     def answers(self, probs: torch.Tensor, k: int) -> list[dict]:
         """What `serve` and `predict --format json` return for each row: the top k classes, and a multi-label model's
         label set."""
         tops = self.top(probs, k)
-        if not self.multi_label:
-            return tops
-        return [{"labels": labels, "predictions": top} for labels, top in zip(self.decided(probs), tops)]
+        if self.multi_label:
+            return [{"labels": labels, "predictions": top} for labels, top in zip(self.decided(probs), tops)]
+        if self.min_confidence:  # the answer, UNKNOWN where the model abstains, beside the top classes
+            return [{"label": labels[0] if labels else UNKNOWN, "predictions": top} for labels, top in zip(self.decided(probs), tops)]
+        return tops
 
     def top(self, probs: torch.Tensor, k: int) -> list[list[dict]]:
         """The k most likely classes of each row: [{'label': ..., 'probability': ...}, ...], best first."""
@@ -145,7 +193,8 @@ class Predictor:
 
 @dataclass
 class Prediction:
-    """One image's answer: the most likely class and its probability, the `top` classes with theirs (best first), the
+    """One image's answer: the most likely class (UNKNOWN where its probability is below the predictor's min_confidence)
+    and its probability, the `top` classes with theirs (best first), the
     label set (`labels`: for a multi-label model, every label over its threshold), and the file it came from, where
     there is one; `error` instead for a file that could not be read."""
 
@@ -161,7 +210,9 @@ class Prediction:
         if probs is None:
             return cls(None, None, [], path, error)
         top = [(row["label"], row["probability"]) for row in predictor.top(probs[None], k)[0]]
-        return cls(top[0][0], top[0][1], top, path, labels=predictor.decided(probs[None])[0])
+        labels = predictor.decided(probs[None])[0]
+        label = top[0][0] if labels or predictor.multi_label else UNKNOWN  # below min_confidence: the model abstains
+        return cls(label, top[0][1], top, path, labels=labels)
 
 
 def _grouped(inputs) -> list[tuple[str, list]]:
@@ -264,34 +315,39 @@ def predict_files(predictor: Predictor, files: list[Path], batch_size: int = 256
 
 def format_predictions(results: list[FileResult], predictor: Predictor, k: int, fmt: str = "table") -> str:
     """Each file's top-k classes as an aligned table, CSV (one row per file) or JSON; unreadable files with their error.
-    A multi-label model's label set (every label over its threshold) comes first, joined by '+' in a table or CSV."""
+    The answer comes first where it is more than the top class: a multi-label model's label set (every label over its
+    threshold, joined by '+' in a table or CSV), or with min_confidence the class or UNKNOWN."""
     good = [r for r in results if r.error is None]
     probs = torch.stack([r.probs for r in good]) if good else None
     tops = dict(zip(map(id, good), predictor.top(probs, k))) if good else {}
-    sets = dict(zip(map(id, good), predictor.decided(probs))) if good and predictor.multi_label else {}
-    rows = [(str(r.file), tops.get(id(r)), r.error, sets.get(id(r))) for r in results]
+    column = "labels" if predictor.multi_label else "label" if predictor.min_confidence else None
+    decided = predictor.decided(probs) if good and column else []
+    answers = dict(zip(map(id, good), decided if predictor.multi_label else [d[0] if d else UNKNOWN for d in decided]))
+    rows = [(str(r.file), tops.get(id(r)), r.error, answers.get(id(r))) for r in results]
     k = min(k, len(predictor.classes))
-    multi = predictor.multi_label
+    shown = (lambda a: "+".join(a) or "(none)") if predictor.multi_label else str  # noqa: E731
     if fmt == "json":
         return json.dumps(
-            [({"file": f, **({"labels": labels} if multi else {}), "predictions": top} if top else {"file": f, "error": err})
-             for f, top, err, labels in rows], indent=2,
+            [({"file": f, **({column: answer} if column else {}), "predictions": top} if top else {"file": f, "error": err})
+             for f, top, err, answer in rows], indent=2,
         )  # fmt: skip
     if fmt == "csv":
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         writer.writerow(
-            ["file", *(["labels"] if multi else []), *(f"{c}_{i}" for i in range(1, k + 1) for c in ("label", "probability")), "error"]
+            ["file", *([column] if column else []), *(f"{c}_{i}" for i in range(1, k + 1) for c in ("label", "probability")), "error"]
         )
-        for f, top, err, labels in rows:
+        for f, top, err, answer in rows:
             cells = [v for p in top for v in (p["label"], f"{p['probability']:.6f}")] if top else [""] * 2 * k
-            writer.writerow([f, *(["+".join(labels or [])] if multi else []), *cells, err or ""])
+            writer.writerow(
+                [f, *(["+".join(answer or []) if predictor.multi_label else answer or ""] if column else []), *cells, err or ""]
+            )
         return buf.getvalue().rstrip("\n")
-    head = ["file", *(["labels"] if multi else []), *(f"top-{i}" for i in range(1, k + 1))]
+    head = ["file", *([column] if column else []), *(f"top-{i}" for i in range(1, k + 1))]
     lines = [
-        [f, *(["+".join(labels) or "(none)"] if multi else []), *(f"{p['label']} {p['probability']:.1%}" for p in top)]
+        [f, *([shown(answer)] if column else []), *(f"{p['label']} {p['probability']:.1%}" for p in top)]
         if top else [f, f"unreadable ({err})"]
-        for f, top, err, labels in rows
+        for f, top, err, answer in rows
     ]  # fmt: skip
     # Column widths from the predictions only: an error message runs on past them.
     columns = len(head)

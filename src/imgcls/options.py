@@ -191,6 +191,8 @@ class TrainConfig:
         "(an epoch is then as many draws as images) [recipe: weight when the training classes are 3:1 or worse, else none]",
         group=TRAIN, choices=BALANCES,
     )  # fmt: skip
+    calibrate: bool = opt(True, "fit a temperature on val after training, so the probabilities shown are calibrated (single-label) [on]",
+                          group=TRAIN)  # fmt: skip
     report: bool = opt(True, "draw report.html and its plots at the end of the run [on]", group=TRAIN)
 
     def to_dict(self) -> dict:

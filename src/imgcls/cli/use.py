@@ -19,6 +19,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--batch-size", metavar="N", type=int, help="images per batch [by image size: 1,024 at 32 px, 170 at 128 px]")
     p.add_argument("--device", choices=DEVICES, default="auto")
     p.add_argument("--out", metavar="DIR", help="folder for confusion_matrix.csv and evaluation.json [the run folder]")
+    p.add_argument(
+        "--coverage",
+        action="store_true",
+        help="also the accuracy on the most confident 100/95/90/80/70/50%% of the images, "
+        "with the --min-confidence that keeps each, and their curve in coverage_SPLIT.png",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("report", help="(re)draw a run's plots and report.html from its best checkpoint")
@@ -42,6 +48,20 @@ def add_parsers(sub) -> None:
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch", help="onnx runs the run's `imgcls export` model [torch]")
     p.add_argument("--device", choices=DEVICES, default="auto", help="torch backend device [auto]")
     p.add_argument("--plot", metavar="PATH", help=f"also save a figure of the first {PLOT_LIMIT} images with their probability bars")
+    p.add_argument(
+        "--min-confidence",
+        metavar="P",
+        type=float,
+        default=0.0,
+        help="answer 'unknown' where the top probability (calibrated) is below P; the report suggests one [0: always answer]",
+    )
+    p.add_argument(
+        "--explain",
+        metavar="DIR",
+        help="also write where the model looked: NAME.png (heatmap over the image) and NAME.npy "
+        "(the heatmap in [0, 1] at the image's size) per image, by Grad-CAM (occlusion for models without a feature map)",
+    )
+    p.add_argument("--explain-class", metavar="CLASS", help="with --explain: the class to explain [the predicted one]")
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(
@@ -72,6 +92,13 @@ def add_parsers(sub) -> None:
     p.add_argument("--max-upload-mb", metavar="MB", type=float, default=10, help="largest request accepted [10]")
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.add_argument("--upload-timeout", metavar="S", type=float, default=30, help="408 for an upload that sends nothing for S seconds [30]")
+    p.add_argument(
+        "--min-confidence",
+        metavar="P",
+        type=float,
+        default=0.0,
+        help="answer 'unknown' where the top probability (calibrated) is below P [0: always answer]",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -82,7 +109,7 @@ def cmd_evaluate(args) -> int:
     positive("--batch-size", args.batch_size, optional=True)
     out = writable("--out", args.out, folder=True)
     result = imgcls.evaluate(args.checkpoint, args.data, split=args.split, device=args.device, batch_size=args.batch_size,
-                             data_dir=args.data_dir, out=out)  # fmt: skip
+                             data_dir=args.data_dir, out=out, coverage=args.coverage)  # fmt: skip
     if isinstance(result, MultiLabelEvaluation):
         print(
             f"{result.name} {args.split}: {result.images:,} images, loss {result.loss:.4f}, mAP {result.mean_average_precision:.4f}, "
@@ -92,10 +119,16 @@ def cmd_evaluate(args) -> int:
     else:
         print(
             f"{result.name} {args.split}: {result.images:,} images, loss {result.loss:.4f}, accuracy {result.accuracy:.2%}, "
-            f"balanced accuracy {result.balanced_accuracy:.2%}, macro F1 {result.macro_f1:.4f}\n"
+            f"balanced accuracy {result.balanced_accuracy:.2%}, macro F1 {result.macro_f1:.4f}, ECE {result.ece:.4f} "
+            f"(temperature {result.temperature:.3g})\n"
         )
         print(format_per_class(result.per_class_accuracy, result.confusion, result.per_class_precision) + "\n")
         print(format_confusion(result.confusion, result.classes))
+        if result.coverage:
+            print("\ncoverage  accuracy  --min-confidence")
+            print("\n".join(f"{r['coverage']:>8.1%}  {r['accuracy']:>8.2%}  {r['min_confidence']:>16.3f}" for r in result.coverage))
+            if result.suggested_min_confidence is not None:
+                print(f"the run suggests --min-confidence {result.suggested_min_confidence:.2f} (it keeps 95% of its val images)")
     print(f"\nsaved {' and '.join(map(str, result.files))}")
     return 0
 
@@ -116,7 +149,10 @@ def cmd_predict(args) -> int:
     positive("--top-k", args.top_k)
     positive("--batch-size", args.batch_size)
     writable("--plot", args.plot)
-    predictor = imgcls.load(args.checkpoint, args.device, args.backend)
+    explain_dir = writable("--explain", args.explain, folder=True)
+    if args.explain_class and not args.explain:
+        raise ImgclsError("--explain-class needs --explain DIR: the folder for the heatmaps")
+    predictor = imgcls.load(args.checkpoint, args.device, args.backend, min_confidence=args.min_confidence)
     files = collect_files(args.paths)
     results = list(predict_files(predictor, files, args.batch_size, keep_images=PLOT_LIMIT if args.plot else 0))
     print(format_predictions(results, predictor, args.top_k, args.format))
@@ -130,6 +166,10 @@ def cmd_predict(args) -> int:
 
         plot_file_predictions(results, predictor.classes, args.plot, args.top_k)
         print(f"saved {args.plot}", file=sys.stderr)
+    if explain_dir is not None:
+        explained = [e for e in predictor.explain(files, args.explain_class, out=explain_dir) if e.files]
+        if explained:
+            print(f"saved {len(explained)} overlays and heatmaps ({explained[0].method}) in {args.explain}", file=sys.stderr)
     return 1 if bad else 0
 
 
@@ -153,5 +193,6 @@ def cmd_serve(args) -> int:
 
     positive("--max-upload-mb", args.max_upload_mb, integer=False)
     serve(args.checkpoint, host=args.host, port=args.port, backend=args.backend, device=args.device, top_k=args.top_k,
-          max_bytes=int(args.max_upload_mb * 2**20), access_log=args.access_log, upload_timeout=args.upload_timeout)  # fmt: skip
+          max_bytes=int(args.max_upload_mb * 2**20), access_log=args.access_log, upload_timeout=args.upload_timeout,
+          min_confidence=args.min_confidence)  # fmt: skip
     return 0

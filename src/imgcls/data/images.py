@@ -190,6 +190,16 @@ def read_image(path: str | Path | IO[bytes], channels: int, size: tuple[int, int
         return load_image(image, channels, size)
 
 
+def upright(path: str | Path | IO[bytes]) -> Image.Image:
+    """A file's whole image, decoded and turned upright by its EXIF orientation (what an overlay is drawn on); any
+    failure is an ImageReadError."""
+    with decoding(), open_image(path) as image:
+        check_size(image)
+        image = ImageOps.exif_transpose(image) if image.getexif().get(0x0112, 1) != 1 else image
+        image.load()
+        return image
+
+
 def peek(path: str | Path | IO[bytes]) -> tuple[str, tuple[int, int]]:
     """Mode and (H, W) from the file header, without decoding the pixels; refused over MAX_PIXELS, any failure an ImageReadError."""
     with decoding(), open_image(path) as image:

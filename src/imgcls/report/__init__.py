@@ -21,7 +21,9 @@ PLOTS = {
     "confusion_matrix.png": "Confusion matrix",
     "per_class_accuracy.png": "Per-class accuracy",
     "samples.png": "Test samples",
-    "top_losses.png": "Top losses",
+    "top_losses.png": "Top losses, each beside where the model looked for its prediction",
+    "reliability.png": "Calibration: accuracy against confidence (val and test, after the temperature)",
+    "coverage.png": "Accuracy against coverage: answering only the most confident images (imgcls predict --min-confidence)",
 }
 
 
@@ -35,14 +37,19 @@ def write_report(
     config: dict | None = None,
     summary: dict | None = None,
     data: Dataset | None = None,
+    val_logits: torch.Tensor | None = None,
+    predictor=None,
 ) -> Path:
     """Write every plot and report.html into the run folder from the test set's uint8 images, labels and logits.
 
     history, config and summary default to the run folder's metrics.csv, config.json and summary.json. `data`, the
-    run's dataset, adds a dataset health section when it is a folder (imgcls.report.health).
+    run's dataset, adds a dataset health section when it is a folder (imgcls.report.health). The logits are calibrated
+    (divided by the run's temperature), as are `val_logits`, which add val to the reliability diagram. `predictor`
+    (an imgcls.inference.Predictor of the model) adds where the model looked to the top losses.
     """
     from imgcls.evaluation import confusion_matrix
     from imgcls.report import html, plots
+    from imgcls.report.calibration import coverage_figure, reliability_figure
     from imgcls.report.interpret import losses_of, sample_indices, top_losses
 
     run_dir = Path(run_dir)
@@ -66,7 +73,13 @@ def write_report(
         "confusion_matrix.png": lambda: plots.confusion_figure(confusion, classes),
         "per_class_accuracy.png": lambda: plots.per_class_figure(confusion, classes),
         "samples.png": lambda: plots.samples_figure(images[shown], labels[shown], predictions[shown], classes),
-        "top_losses.png": lambda: plots.top_losses_figure(images[worst], labels[worst], probs[worst], losses, classes),
+        "top_losses.png": lambda: plots.top_losses_figure(
+            images[worst], labels[worst], probs[worst], losses, classes, _heatmaps(predictor, images[worst], predictions[worst])
+        ),  # fmt: skip
+        "reliability.png": lambda: reliability_figure(
+            {"val": (val_logits, data.val.labels if data is not None else None), "test": (logits, labels)}, summary.get("temperature", 1.0)
+        ),
+        "coverage.png": lambda: coverage_figure(logits, labels, summary.get("suggested_min_confidence")),
     }
     for name, figure in figures.items():  # one figure alive at a time
         plots.save(figure(), run_dir / name)
@@ -84,6 +97,12 @@ def write_report(
     path = run_dir / "report.html"
     write_text(path, page)
     return path
+
+
+def _heatmaps(predictor, images: torch.Tensor, predictions: torch.Tensor) -> torch.Tensor | None:
+    from imgcls.explain import heatmaps
+
+    return heatmaps(predictor, images, predictions.tolist()) if predictor is not None and len(images) else None
 
 
 def _read_optional(path: Path) -> dict:
@@ -104,13 +123,18 @@ def report_run(run: str | Path, data_dir: str | None = None, device: str = "auto
             else "pass a run folder made by `imgcls train` (runs/NAME)"
         )
         raise ImgclsError(f"{run_dir} holds no best.pt: {hint}")
+    from imgcls.inference import Predictor
+
     _, data, result = evaluate_checkpoint(run_dir / "best.pt", data_dir=data_dir, device=device, batch_size=batch_size)
+    val = None if data.multi_label else evaluate_checkpoint(run_dir / "best.pt", data_dir=data_dir, split="val", device=device,
+                                                            batch_size=batch_size)[2].logits  # fmt: skip
     if data.multi_label:
         from imgcls.report import multilabel as report
 
         return report.write_report(run_dir, data.classes, data.test.images, result, read_metrics(run_dir / "metrics.csv"),
                                    _read_optional(run_dir / "config.json"), _read_optional(run_dir / "summary.json"))  # fmt: skip
-    return write_report(run_dir, data.classes, data.test.images, data.test.labels, result.logits, data=data)
+    return write_report(run_dir, data.classes, data.test.images, data.test.labels, result.logits, data=data, val_logits=val,
+                        predictor=Predictor.from_checkpoint(run_dir / "best.pt", device))  # fmt: skip
 
 
 def format_class_counts(data: Dataset) -> str:

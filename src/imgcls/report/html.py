@@ -62,6 +62,10 @@ def _figures(summary: dict, test: dict) -> list[tuple[str, str]]:
     known = [
         ("balanced_accuracy", "test balanced accuracy", "{:.2%}"),
         ("macro_f1", "test macro F1", "{:.4f}"),
+        ("ece", "test ECE (calibrated)", "{:.4f}"),
+        ("ece_uncalibrated", "test ECE before scaling", "{:.4f}"),
+        ("temperature", "temperature", "{:.3f}"),
+        ("suggested_min_confidence", "suggested --min-confidence", "{:.2f}"),
         ("best_val_accuracy", "best val accuracy", "{:.2%}"),
         ("best_val_map", "best val mAP", "{:.4f}"),
         ("best_epoch", "best epoch", "{}"),

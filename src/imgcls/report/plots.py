@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
+from PIL import Image
 
 from imgcls.files import atomic_write, printable
 
@@ -207,15 +208,28 @@ def samples_figure(images: torch.Tensor, labels: torch.Tensor, predictions: torc
 
 
 def top_losses_figure(
-    images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor, losses: torch.Tensor, classes: Sequence[str]
-) -> Figure:
-    """fastai's plot_top_losses: prediction, true class, loss and probabilities of the worst test images."""
-    titles, colors = [], []
-    for true, p, loss in zip(labels.tolist(), probs, losses.tolist()):
+    images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor, losses: torch.Tensor, classes: Sequence[str],
+    heatmaps: torch.Tensor | None = None,
+) -> Figure:  # fmt: skip
+    """fastai's plot_top_losses: prediction, true class, loss and probabilities of the worst test images; with
+    `heatmaps` (in [0, 1], one per image), each image is followed by where the model looked for its prediction."""
+    from imgcls.explain import overlay
+
+    cells, titles, colors = [], [], []
+    for i, (true, p, loss) in enumerate(zip(labels.tolist(), probs, losses.tolist())):
         pred = int(p.argmax())
+        cells.append(images[i])
         titles.append(f"pred {short(classes[pred], 10)} ({p[pred]:.2f})\ntrue {short(classes[true], 10)} ({p[true]:.2f})\nloss {loss:.2f}")
         colors.append(WRONG if pred != true else "black")
-    return image_grid_figure(images, titles, colors, "Top losses: predicted class (its probability), true class (its probability), loss")
+        if heatmaps is not None:
+            picture = Image.fromarray(np.ascontiguousarray(to_display(images[i])))
+            cells.append(torch.from_numpy(np.asarray(overlay(picture, heatmaps[i].numpy()))).permute(2, 0, 1))
+            titles.append(f"where it looked\nfor {short(classes[pred], 10)}\n")
+            colors.append("black")
+    why = "; beside each, where the model looked for its prediction (Grad-CAM or occlusion)" if heatmaps is not None else ""
+    return image_grid_figure(
+        cells, titles, colors, f"Top losses: predicted class (its probability), true class (its probability), loss{why}"
+    )
 
 
 # --- class probabilities per image (the seeds' view_classify) -----------------------------------------

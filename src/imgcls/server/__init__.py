@@ -25,6 +25,7 @@ def serve(
     max_bytes: int = DEFAULT_MAX_BYTES,
     access_log: bool = False,
     upload_timeout: float = 30.0,
+    min_confidence: float = 0.0,
 ) -> None:
     if not 1 <= port <= 65535:  # socket.bind raises OverflowError, not OSError, outside 0-65535; 0 would serve on a random port
         raise ImgclsError(f"--port must be between 1 and 65535, got {port}")
@@ -40,6 +41,7 @@ def serve(
     if top_k < 1 or max_bytes < 1 or not upload_timeout > 0:
         raise ImgclsError("--top-k, --max-upload-mb and --upload-timeout must be positive")
     predictor = Predictor.open(checkpoint, backend, device)  # once, for every request
+    predictor.min_confidence = min_confidence  # "unknown" below it
     app = create_app(predictor, top_k=top_k, max_bytes=max_bytes, upload_timeout=upload_timeout)
     try:  # a clear message instead of uvicorn's log line and exit when the port is taken
         with socket.create_server((host, port)):

@@ -1,6 +1,7 @@
 """The FastAPI app of `imgcls serve`: the page at /, POST /predict, GET /model, GET /health."""
 
 import asyncio
+import base64
 import io
 import logging
 import queue
@@ -148,14 +149,14 @@ class Batcher:
         self.decoders.shutdown(cancel_futures=True)
         self.decoded.put(None)
 
-    async def predict(self, data: bytes) -> list[dict]:
+    async def predict(self, data: bytes, explain: bool = False) -> list[dict] | dict:
         future = self.loop.create_future()
-        self.decoders.submit(self._decode, data, future)
+        self.decoders.submit(self._decode, data, future, explain)
         return await future
 
-    def _decode(self, data: bytes, future: asyncio.Future) -> None:
+    def _decode(self, data: bytes, future: asyncio.Future, explain: bool) -> None:
         try:
-            self.decoded.put((decode(self.predictor, data), future))
+            self.decoded.put((decode(self.predictor, data), future, explain))
         except Exception as e:  # noqa: BLE001 - the HTTP error of this upload (or its 500), not of the others
             self.loop.call_soon_threadsafe(_settle, [future], [e])
 
@@ -164,12 +165,28 @@ class Batcher:
             waiting = [first]
             while len(waiting) < self.max_batch and not self.decoded.empty():
                 waiting.append(self.decoded.get_nowait())
-            pixels, futures = zip(*waiting)
+            pixels, futures, explain = zip(*waiting)
             try:
                 results = self.predictor.answers(self.predictor.probabilities(np.stack(pixels)), self.top_k)
+                # Here too: Grad-CAM hooks the model's layer while it runs, so no other forward may run beside it.
+                results = [explained(self.predictor, r, p) if want else r for r, p, want in zip(results, pixels, explain)]
             except Exception as e:  # noqa: BLE001 - a failed forward fails its batch, not the server
                 results = [e] * len(futures)
             self.loop.call_soon_threadsafe(_settle, futures, results)
+
+
+def explained(predictor: Predictor, answer: list | dict, pixels: np.ndarray) -> dict:
+    """The answer with where the model looked for its top class: the heatmap over the image as it was fed to the model,
+    a PNG data URL."""
+    from imgcls.explain import explain_images, overlay
+
+    image = Image.fromarray(pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0))
+    e = explain_images(predictor, [(image, None, None)])[0]
+    buffer = io.BytesIO()
+    overlay(image, e.heatmap, f"{e.label} {e.probability:.1%}").save(buffer, format="PNG")
+    why = {"label": e.label, "probability": e.probability, "method": e.method,
+           "overlay": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()}  # fmt: skip
+    return {**(answer if isinstance(answer, dict) else {"predictions": answer}), "explanation": why}
 
 
 def _settle(futures, results) -> None:
@@ -213,7 +230,7 @@ def create_app(predictor: Predictor, top_k: int = 5, max_bytes: int = 10 * 2**20
         }
 
     @app.post("/predict")
-    async def predict(request: Request):
+    async def predict(request: Request, explain: bool = False):
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise HTTPException(415, "send the image as multipart/form-data in the field 'file'")
         # Parts over 1 MB spool to a SpooledTemporaryFile (the system temp dir); nothing else touches the disk.
@@ -227,7 +244,7 @@ def create_app(predictor: Predictor, top_k: int = 5, max_bytes: int = 10 * 2**20
             data = await upload.read()
         if not data:
             raise HTTPException(400, "the file is empty")
-        answer = await batcher.predict(data)  # a multi-label model's: its label set beside the top classes
+        answer = await batcher.predict(data, explain)  # a dict where there is more than the top classes (labels, explanation)
         return {**(answer if isinstance(answer, dict) else {"predictions": answer}), "model": predictor.name}
 
     return app

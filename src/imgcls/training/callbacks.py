@@ -10,6 +10,7 @@ ends it after the current step, with last.pt saved to resume from.
 import logging
 import time
 
+from imgcls.errors import ImgclsError
 from imgcls.progress import progress_bar
 
 LOG = logging.getLogger(__name__)
@@ -125,12 +126,18 @@ class Report(Callback):
     def on_fit_end(self, trainer, summary: dict) -> None:
         if not trainer.group.main:
             return
+        from imgcls.inference import Predictor
         from imgcls.report import write_report  # matplotlib loads only now, after training
 
+        try:  # the best model as `imgcls predict` loads it, for the top losses' heatmaps
+            predictor = Predictor.from_checkpoint(trainer.run_dir / "best.pt", trainer.device.type)
+        except ImgclsError as e:
+            LOG.info(f"the report draws no heatmaps: {e}")
+            predictor = None
         data, split = trainer.data, trainer.data.test
         write_report(
             trainer.run_dir, data.classes, split.images, split.labels, trainer.test.logits, trainer.progress.history,
-            trainer.cfg.to_dict(), summary, data,
+            trainer.cfg.to_dict(), summary, data, trainer.val_logits, predictor,
         )  # fmt: skip
 
 

@@ -8,7 +8,7 @@ The loop itself (batches, augmentation, precision, checkpoints, callbacks) is th
 import torch
 import torch.nn.functional as F
 
-from imgcls import multilabel
+from imgcls import calibration, multilabel
 from imgcls.data.core import class_counts
 from imgcls.evaluation import EvalResult, metrics
 
@@ -34,6 +34,10 @@ class Task:
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        """The logits as the settled task reads them (single-label: divided by the temperature); as they are by default."""
+        return logits
+
     def row(self, result) -> dict:
         """What an epoch's validation adds to its metrics.csv row, beyond val_loss and val_acc."""
         return {}
@@ -54,12 +58,13 @@ class Task:
 class SingleLabel(Task):
     """One class per image: cross-entropy with label smoothing, accuracy; the best epoch has the highest val
     accuracy, ties going to the lower val loss (a 50-image val set ties often, and the first of equals is the least
-    trained)."""
+    trained). Once training is done, a temperature fitted on val (--calibrate) scales every probability after it."""
 
     name = "single-label"
 
-    def __init__(self, label_smoothing: float = 0.0, weight: torch.Tensor | None = None):
+    def __init__(self, label_smoothing: float = 0.0, weight: torch.Tensor | None = None, calibrate: bool = True):
         self.label_smoothing, self.weight = label_smoothing, weight  # weight: a class's loss weight (--balance weight)
+        self.calibrate, self.temperature, self.val_figures, self.suggested = calibrate, 1.0, {}, None
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(logits, targets, weight=self.weight, label_smoothing=self.label_smoothing)
@@ -68,17 +73,34 @@ class SingleLabel(Task):
         return (logits.argmax(1) == targets).sum()
 
     def evaluate(self, logits: torch.Tensor, targets: torch.Tensor, num_classes: int) -> EvalResult:
-        return metrics(logits, targets, num_classes)
+        return metrics(self.calibrated(logits), targets, num_classes)
 
     def score(self, result: EvalResult) -> tuple[float, ...]:
         return result.accuracy, -result.loss
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.float().softmax(1)
+        return self.calibrated(logits).float().softmax(1)
+
+    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits / self.temperature if self.temperature != 1.0 else logits
+
+    def settle(self, val_logits: torch.Tensor, val_targets: torch.Tensor) -> dict:
+        """The temperature (--calibrate), and a --min-confidence to suggest: what keeps 95% of the val images."""
+        if self.calibrate:
+            self.temperature = calibration.fit_temperature(val_logits, val_targets)
+            self.val_figures = calibration.figures(val_logits, val_targets, self.temperature)
+        self.suggested = calibration.suggested_min_confidence((val_logits.float() / self.temperature).softmax(1))
+        return {"temperature": self.temperature} if self.calibrate else {}
 
     def summary(self, result: EvalResult, classes: list[str]) -> dict:
+        """The test figures, with the ECE before and after the temperature (the result's logits are calibrated), and the
+        val ECE the temperature was fitted on."""
+        test = (calibration.figures(result.logits.float() * self.temperature, result.labels, self.temperature) if result.logits is not None
+                else {"ece_uncalibrated": float("nan"), "ece": float("nan")})  # fmt: skip
+        val = {f"val_{k}": v for k, v in self.val_figures.items()}
         return {"test_accuracy": result.accuracy, "balanced_accuracy": result.balanced_accuracy, "macro_f1": result.macro_f1,
-                "test_loss": result.loss, "per_class_accuracy": result.per_class_accuracy(classes)}  # fmt: skip
+                "test_loss": result.loss, "temperature": self.temperature, **test, **val, "suggested_min_confidence": self.suggested,
+                "per_class_accuracy": result.per_class_accuracy(classes)}  # fmt: skip
 
 
 class MultiLabel(Task):
@@ -132,7 +154,7 @@ def task_for(cfg, data, device) -> Task:
     weight = class_weights(data.train.labels, data.num_classes, device) if cfg.balance == "weight" else None
     if data.multi_label:
         return MultiLabel(list(data.classes), cfg.label_smoothing or 0.0, weight)
-    return SingleLabel(cfg.label_smoothing or 0.0, weight)
+    return SingleLabel(cfg.label_smoothing or 0.0, weight, calibrate=cfg.calibrate is not False)
 
 
 def class_weights(labels: torch.Tensor, num_classes: int, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -132,6 +132,7 @@ class Trainer:
         self.stop_requested = False
         self.stop_signal: int | str = signal.SIGINT
         self.test: EvalResult | None = None  # the best checkpoint's, once tested
+        self.val_logits: torch.Tensor | None = None  # the best checkpoint's on val, calibrated, once tested
 
     # --- checkpoints -------------------------------------------------------------------------------
 
@@ -383,7 +384,9 @@ class Trainer:
         self.evaluated.load_state_dict(best["state_dict"])
         kept = f"best.pt and last.pt are kept, `imgcls train --resume {self.run_dir}` tests it again"
         with during("testing the best checkpoint", kept):
-            settled = self.task.settle(self._eval(self.data.val).logits, self.data.val.labels)  # multi-label: thresholds
+            val_logits = self._eval(self.data.val).logits
+            settled = self.task.settle(val_logits, self.data.val.labels)  # a temperature, or multi-label thresholds
+            self.val_logits = self.task.calibrated(val_logits)  # the report's reliability diagram of val
             if settled and self.group.main:
                 checkpoint.atomic_save({k: v for k, v in best.items() if k != "path"} | settled, self.run_dir / "best.pt")
             test = self.test = self._eval(self.data.test)

@@ -1,6 +1,7 @@
 "use strict";
 // The imgcls page: upload an image, or draw a digit (1-channel models), and show the top classes from POST /predict;
-// a multi-label model's answer also names its label set (every label over its threshold), whose bars are marked.
+// a multi-label model's answer also names its label set (every label over its threshold), whose bars are marked; an
+// abstaining model's its answer or "unknown"; with "why?" ticked, the heatmap of where the model looked.
 
 const $ = (id) => document.getElementById(id);
 const DIGIT_BOX = 20; // MNIST digits fit a 20x20 box centred by mass in 28x28; drawings are made to look the same
@@ -26,22 +27,27 @@ async function predict(blob, name) {
   form.append("file", blob, name);
   $("error").hidden = true;
   try {
-    const response = await fetch("/predict", { method: "POST", body: form });
+    const why = $("why").checked;
+    const response = await fetch(why ? "/predict?explain=true" : "/predict", { method: "POST", body: form });
     const body = await response.json();
     if (!response.ok) throw new Error(body.detail || response.statusText);
-    showResults(body.predictions, body.labels);
+    showResults(body.predictions, body.labels, body.label);
+    $("why-overlay").hidden = !body.explanation;
+    if (body.explanation) $("why-overlay").src = body.explanation.overlay;
   } catch (e) {
     $("results").replaceChildren();
     $("label-set").hidden = true;
+    $("why-overlay").hidden = true;
     $("error").textContent = String(e.message || e);
     $("error").hidden = false;
   }
 }
 
-function showResults(predictions, chosen) {
+function showResults(predictions, chosen, answer) {
   const multi = Array.isArray(chosen);
-  $("label-set").hidden = !multi;
+  $("label-set").hidden = !multi && answer === undefined;
   if (multi) $("label-set").textContent = chosen.length ? `labels: ${chosen.join(" + ")}` : "no label over its threshold";
+  else if (answer !== undefined) $("label-set").textContent = answer === "unknown" ? "unknown: no class is sure enough" : `answer: ${answer}`;
   $("results").classList.toggle("multi", multi);
   const items = predictions.map(({ label, probability }) => {
     const li = document.createElement("li");
@@ -96,6 +102,7 @@ function clearCanvas() {
   pen.fillRect(0, 0, canvas.width, canvas.height);
   $("results").replaceChildren();
   $("label-set").hidden = true;
+  $("why-overlay").hidden = true;
 }
 
 let drawing = false;
