@@ -13,6 +13,7 @@ from PIL import Image
 import imgcls
 from conftest import api_train, cache_torchvision_weights, chromium, one_line_error, run_cli
 from imgcls import explain
+from imgcls.models import create_model
 
 COLOURS = {"red": (220, 40, 40), "blue": (40, 40, 220)}
 
@@ -184,3 +185,34 @@ def test_a_fine_tuned_torchvision_backbone_points_at_the_object(tmp_path, monkey
     assert run.config["pretrained"] == "on" and run.summary["test_accuracy"] >= 0.85
     found = imgcls.load(run).explain(sorted((tmp_path / "objs").glob("*/*.png"))[::3])
     assert {e.method for e in found} == {"grad-cam"} and on_object(found, boxes, 24, 24) >= 0.55
+
+
+class UsersConvNet(torch.nn.Module):
+    """A user's own conv net, written as the PyTorch tutorial writes one."""
+
+    def __init__(self, num_classes: int = 2):
+        super().__init__()
+        self.conv1, self.conv2 = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(8, 16, 3, padding=1)
+        self.fc = torch.nn.Linear(16 * 8 * 8, num_classes)
+
+    def forward(self, x):
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv1(x)), 2)
+        x = torch.nn.functional.max_pool2d(torch.relu(self.conv2(x)), 2)
+        return self.fc(torch.flatten(x, 1))
+
+
+@pytest.mark.parametrize(
+    "name, shape, explained",
+    [
+        ("timm:resnet18", (3, 64, 64), lambda net: net.layer4),
+        ("timm:convnext_nano", (3, 64, 64), lambda net: net.norm_pre),  # the stages' output, through an Identity
+        ("users-conv-net", (3, 32, 32), lambda net: net.conv2),  # its last map-making module: it pools with a function
+        ("timm:vit_tiny_patch16_224", (3, 224, 224), lambda net: None),  # tokens after the patch embedding, not maps
+        ("lstm", (1, 28, 28), lambda net: None),
+    ],
+)
+def test_grad_cam_finds_the_last_feature_map_of_each_kind_of_model(name, shape, explained):
+    if name.startswith("timm:"):
+        pytest.importorskip("timm")
+    net = (UsersConvNet() if name == "users-conv-net" else create_model(name, shape, 2)).eval()
+    assert explain.feature_layer(net, shape, torch.device("cpu")) is explained(net)
