@@ -105,6 +105,15 @@ def barrier(group: Group) -> None:
         dist.barrier()
 
 
+def leave(group: Group) -> None:
+    """The end of a run on several processes: every rank waits for the others (rank 0 writes the report after the
+    rest are done), then the group is taken down. A process that exits while a peer still talks to it, its gloo
+    threads alive, aborts ("terminate called without an active exception") and takes the run down with it."""
+    if group.active and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def shard(n: int, group: Group) -> slice:
     """This rank's contiguous part of n items (evaluation): equal parts, the first ranks one more when n does not divide."""
     size, extra = divmod(n, group.world)

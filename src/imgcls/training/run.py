@@ -140,6 +140,7 @@ def fit(trainer: Trainer) -> dict:
         from imgcls.exporter import write_program
 
         write_program(trainer.run_dir / "best.pt", trainer.evaluated, trainer.data.test.images)
+    distributed.leave(trainer.group)
     return summary
 
 
