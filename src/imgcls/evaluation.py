@@ -298,7 +298,7 @@ def evaluate_run(
     found.ece = expected_calibration_error(result.logits.float().softmax(1), result.labels) if result.logits is not None else float("nan")
     if coverage and result.logits is not None:
         found.coverage = coverage_table(result.logits.float().softmax(1), result.labels)
-        found.suggested_min_confidence = _run_summary(ckpt).get("suggested_min_confidence")
+        found.suggested_min_confidence = ckpt.get("suggested_min_confidence")
     csv_path, json_path = folder / f"confusion_matrix_{split}.csv", folder / f"evaluation_{split}.json"
     write_confusion_csv(result.confusion, dataset.classes, csv_path)
     write_json(json_path, {
@@ -309,13 +309,6 @@ def evaluate_run(
     })  # fmt: skip
     found.files = [csv_path, json_path]
     return found
-
-
-def _run_summary(ckpt: dict) -> dict:
-    from imgcls.files import read_json
-
-    path = Path(ckpt["path"]).parent / "summary.json"
-    return read_json(path) if path.is_file() else {}
 
 
 @dataclass

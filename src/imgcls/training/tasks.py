@@ -85,12 +85,14 @@ class SingleLabel(Task):
         return logits / self.temperature if self.temperature != 1.0 else logits
 
     def settle(self, val_logits: torch.Tensor, val_targets: torch.Tensor) -> dict:
-        """The temperature (--calibrate), and a --min-confidence to suggest: what keeps 95% of the val images."""
+        """The temperature (--calibrate), and a --min-confidence to suggest (what keeps 95% of the val images), both saved
+        in best.pt for evaluate and predict."""
         if self.calibrate:
             self.temperature = calibration.fit_temperature(val_logits, val_targets)
             self.val_figures = calibration.figures(val_logits, val_targets, self.temperature)
         self.suggested = calibration.suggested_min_confidence((val_logits.float() / self.temperature).softmax(1))
-        return {"temperature": self.temperature} if self.calibrate else {}
+        settled = {"temperature": self.temperature} if self.calibrate else {}
+        return settled | ({"suggested_min_confidence": self.suggested} if self.suggested is not None else {})
 
     def summary(self, result: EvalResult, classes: list[str]) -> dict:
         """The test figures, with the ECE before and after the temperature (the result's logits are calibrated), and the
