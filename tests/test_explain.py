@@ -51,11 +51,11 @@ def spotted(tmp_path_factory):
     return run, boxes, sorted((root / "objs").glob("*/*.png"))[::3]
 
 
-# Over seeds 0-2 in fp32 and bf16 (Xeon with AMX) the peak fell on the square in 82-85% of 40 images after 6 epochs,
-# and with re-initialised weights in 15-42% (heatmap correlation with the trained model's 0.03-0.39).
+# Over seeds 0-2 in fp32 and bf16 (Xeon with AMX) every run reached 100% test accuracy after 6 epochs and the peak fell
+# on the square in 78-85% of 40 images; with re-initialised weights in 28-30% (heatmap correlation 0.23-0.28).
 def test_grad_cam_peaks_on_the_object_and_a_randomised_model_looks_elsewhere(spotted):
     run, boxes, files = spotted
-    assert run.summary["test_accuracy"] == 1.0
+    assert run.summary["test_accuracy"] >= 0.9  # 100% on every seed measured; the margin is for other CPUs
     predictor = imgcls.load(run)
     found = predictor.explain(files)
     assert {e.method for e in found} == {"grad-cam"} and all(e.label == e.predicted for e in found)
