@@ -27,6 +27,7 @@ LATE = 8  # a feature map is late when at most this many leaf modules run after 
 OCCLUSION_PATCHES = 8  # occlusion's patch: an eighth of the image's side, moved by half a patch
 OVERLAY_SIDE = 1024  # overlays of larger photos are drawn at this longest side (the .npy keeps the full size)
 BATCH = 16
+GRAD_VALUES = 1 << 18  # input values explained at once: 5 images at 128 px, 1 at 256 px (a run's memory cap holds)
 
 
 @dataclass
@@ -114,7 +115,15 @@ def method_of(layer: nn.Module | None) -> str:
 
 
 def heatmaps(predictor, pixels: torch.Tensor, targets: list[int]) -> torch.Tensor:
-    """N x H x W heatmaps in [0, 1] at the model's input size, of uint8 N x C x H x W images, each for its target class."""
+    """N x H x W heatmaps in [0, 1] at the model's input size, of uint8 N x C x H x W images, each for its target class,
+    GRAD_VALUES input values at a time: Grad-CAM keeps every activation for its backward pass."""
+    if len(pixels) == 0:
+        return torch.empty(0, *pixels.shape[-2:])
+    step = max(1, GRAD_VALUES // pixels[0].numel())
+    return torch.cat([_heatmaps(predictor, pixels[i : i + step], targets[i : i + step]) for i in range(0, len(pixels), step)])
+
+
+def _heatmaps(predictor, pixels: torch.Tensor, targets: list[int]) -> torch.Tensor:
     from captum.attr import LayerAttribution, LayerGradCam, Occlusion
 
     x = prepare(pixels.to(predictor.device), predictor.mean, predictor.std)
