@@ -13,7 +13,7 @@ from pathlib import Path
 import torch.nn as nn
 
 from imgcls.config import TrainConfig
-from imgcls.data.registry import PYTHON
+from imgcls.data.registry import PYTHON, is_python_data
 from imgcls.data.user import handed_over
 from imgcls.errors import ImgclsError
 from imgcls.files import read_json
@@ -121,17 +121,19 @@ class Run:
         return f"<table>{rows}</table>" + (image_tag(curves, "training curves") if curves.is_file() else "")
 
 
-def train(data="mnist-sample", model=None, *, out: str | Path | None = None, callbacks: list[Callback] = (), progress: bool = True,
-          **options) -> Run:  # fmt: skip
+def train(data=None, model=None, *, config: str | Path | dict | None = None, out: str | Path | None = None,
+          callbacks: list[Callback] = (), progress: bool = True, **options) -> Run:  # fmt: skip
     """Train a model and return its Run: the run folder with config.json, metrics.csv, best.pt, last.pt, summary.json and
     report.html, as `imgcls train` writes it.
 
     data: a named dataset ("mnist-sample", "mnist", "cifar10", ...), an image folder's path, or your own data: a
         map-style torch Dataset of (image, label), an (images, labels) pair of tensors or arrays, or a dict of splits
-        {"train": ..., "val": ..., "test": ...}. Splits not given are held out.
+        {"train": ..., "val": ..., "test": ...}. Splits not given are held out. None: the config's, else "mnist-sample".
     model: a registry name ("speednet", "resnet18", "timm:convnext_nano", ...), "path/nets.py:Net", or your own
         nn.Module class (built with num_classes, in_channels and image_size where it declares them, and model_args) or
         instance. None: the recipe's model for the data.
+    config: train options from a YAML or JSON file (a run's config.json trains that run again) or a dict; the
+        arguments given beside it win.
     out: the run folder (runs/<data>-<model>-<n> by default).
     callbacks: imgcls.Callback objects, called after the progress bar's and report's.
     progress: show a progress bar (a widget in a notebook).
@@ -142,8 +144,9 @@ def train(data="mnist-sample", model=None, *, out: str | Path | None = None, cal
     set; imgcls.resume(run) continues it."""
     from imgcls.training import run as training
 
-    spec, instance = _model(model)
-    dataset, data = _python_data(data, options)
+    options = with_config(config, data, model, options)
+    spec, instance = _model(options.pop("model", None))
+    dataset, data = _python_data(options.pop("data", "mnist-sample"), options)
     cfg = TrainConfig.from_options(data=data, model=spec, **options)
     try:
         run_dir, summary = training.train(cfg, out, standard(progress, cfg.report, callbacks), data=dataset, model=instance)
@@ -152,12 +155,25 @@ def train(data="mnist-sample", model=None, *, out: str | Path | None = None, cal
     return Run(run_dir, summary=summary)
 
 
+def with_config(config, data, model, options: dict) -> dict:
+    """The options of `config` (a file or a dict), then data, model and options where given: what train runs with."""
+    from imgcls.options import options_from_file
+
+    saved = {} if config is None else dict(config) if isinstance(config, dict) else options_from_file(config)
+    if data is None and is_python_data(str(saved.get("data", ""))):
+        raise ImgclsError(f"the config's data is {saved['data']}, which only Python can hand over: pass it as data=")
+    given = {"data": data, "model": model}
+    return saved | {k: v for k, v in given.items() if v is not None} | options
+
+
 def resume(run, *, data=None, model=None, device: str | None = None, data_dir: str | None = None, callbacks: list[Callback] = (),
            progress: bool = True) -> Run:  # fmt: skip
     """Continue a stopped run (a Run, its folder or its last.pt) from where it stopped, with its saved settings; a
     finished one is tested again. `device` and `data_dir` may change; a run on your own Python data or model is handed
-    them again (`data`, `model`: the class, or an instance)."""
+    them again (`data`, `model`: the class, or an instance). A run tracked in MLflow (its folder's mlflow.json) goes on
+    logging into its MLflow run."""
     from imgcls.training import run as training
+    from imgcls.training.mlflow import continued
 
     path = run.dir if isinstance(run, Run) else Path(run)
     _, instance = _model(model) if model is not None else (None, None)
@@ -168,6 +184,7 @@ def resume(run, *, data=None, model=None, device: str | None = None, data_dir: s
                               saved.table_labels())  # fmt: skip
     saved = Run(training.run_folder(path)[1])
     report = saved.config.get("report", True) if (saved.dir / "config.json").is_file() else True
+    callbacks = continued(saved.dir, callbacks)
     try:
         run_dir, summary = training.resume(path, device, data_dir, standard(progress, report, callbacks), data=dataset, model=instance)
     except Interrupted as stop:
@@ -229,21 +246,61 @@ def evaluate(run, data=None, *, split: str = "test", device: str = "auto", batch
 
 def export(run, format: str = "onnx", *, out: str | Path | None = None, tolerance: float = 1e-3, parity_images: int = 64):
     """Export a run's best model to ONNX or TorchScript, checked against PyTorch on its test images first; the
-    preprocessing goes beside it in NAME.json. Returns an imgcls.exporter.Exported (path, metadata, max_abs_diff)."""
+    preprocessing goes beside it in NAME.json. Returns an imgcls.exporter.Exported (path, metadata, max_abs_diff). A run
+    tracked in MLflow gets both files as artifacts of its MLflow run."""
     from imgcls.exporter import export as export_model
+    from imgcls.training.mlflow import log_export
 
-    return export_model(_path(run), format, out, tolerance, parity_images)
+    exported = export_model(_path(run), format, out, tolerance, parity_images)
+    log_export(exported)
+    return exported
 
 
-def lr_find(data="mnist-sample", model=None, *, out: str | Path | None = None, steps: int = 100, start_lr: float = 1e-7,
-            end_lr: float = 10.0, **options):  # fmt: skip
+def lr_find(data=None, model=None, *, config: str | Path | dict | None = None, out: str | Path | None = None, steps: int = 100,
+            start_lr: float = 1e-7, end_lr: float = 10.0, **options):  # fmt: skip
     """fastai's lr_find: a short run over growing learning rates; returns an imgcls.training.lr_find.LrFind whose
-    `steepest` is the suggested lr, with `dir` (lr_find.csv, .json, .png) and `config` (filled in as train's)."""
+    `steepest` is the suggested lr, with `dir` (lr_find.csv, .json, .png) and `config` (filled in as train's).
+    `config`: options from a YAML or JSON file or a dict, as train's."""
     from imgcls.training.lr_find import lr_find as probe
 
-    spec, _ = _model(model)
-    dataset, data = _python_data(data, options)
+    options = with_config(config, data, model, options)
+    spec, _ = _model(options.pop("model", None))
+    dataset, data = _python_data(options.pop("data", "mnist-sample"), options)
     return probe(TrainConfig.from_options(data=data, model=spec, **options), out, steps, start_lr, end_lr, data=dataset)
+
+
+def tune(data=None, model=None, *, config: str | Path | dict | None = None, trials: int = 20, timeout: float | None = None,
+         search: str | Path | dict | None = None, storage: str | None = None, study: str | None = None, pruner="median",
+         out: str | Path | None = None, callbacks: list[Callback] = (), progress: bool = True, **options):  # fmt: skip
+    """Tune hyperparameters with Optuna: trials of `imgcls.train` (each a run folder, out/trial-<n>; out is
+    runs/tune-<study> by default) until the study holds `trials` complete or pruned ones, or `timeout` seconds have
+    passed. Returns an imgcls.experiments.tune.Tuned: `best` (trial number, val figure, params, run, test accuracy),
+    `best_options` (every option of the best trial, also written to `config_file` for train's config=), `report`
+    (tune.html), `trials` (one dict per trial) and the Optuna `study`.
+
+    data, model, config, options: as train's; the options given are held fixed.
+    search: what is searched: {"lr": {"low": 1e-3, "high": 0.1, "log": True}, "batch_size": {"choices": [256, 512]}},
+        the same as text ("lr=1e-3:1e-1:log,batch_size=256|512"), or a YAML/JSON file of it. None: the recipe's space
+        for this data (lr, weight decay, batch size, label smoothing and its augmentation strength), less the options given.
+    storage, study: an Optuna storage URL (sqlite:///..., postgresql://...; default: a SQLite file in out) and study
+        name (default <data>-<model>). Workers that share both share the study, on one machine or many.
+    pruner: "median" (default), "hyperband", "none", or an Optuna pruner object: how trials are stopped early, per epoch."""
+    from imgcls.experiments import tune as tuning
+    from imgcls.experiments.space import check_space, parse_spec, read_space
+
+    options = with_config(config, data, model, options)
+    spec, instance = _model(options.pop("model", None))
+    if instance is not None:
+        raise ImgclsError("tune trains a new model in every trial: pass the model's class, not an instance")
+    dataset, name = _python_data(options.pop("data", "mnist-sample"), options)
+    given = {"data": name, **({"model": spec} if spec else {}), **options}
+    if isinstance(search, dict):
+        search = check_space(dict(search), "search")
+    elif search is not None:
+        is_file = Path(search).suffix.lower() in (".yaml", ".yml", ".json")
+        search = read_space(search) if is_file else parse_spec(str(search))
+    return tuning.tune(given, trials=trials, timeout=timeout, space=search, storage=storage, study=study, pruner=pruner, out=out,
+                       callbacks=callbacks, progress=progress, data=dataset)  # fmt: skip
 
 
 def load(run_or_checkpoint, device: str | None = None, backend: str = "torch", min_confidence: float = 0.0):

@@ -251,3 +251,34 @@ class TrainConfig:
 
 
 LIMITS = {f.name: f.metadata["limit"] for f in fields(TrainConfig) if f.metadata.get("limit")}
+
+
+def options_from_file(path) -> dict:
+    """The train options a YAML or JSON file holds under their Python names, as config.json writes them (so that a
+    run's config.json trains the same run again); unknown names are an error naming the file and the closest option."""
+    import json
+    from pathlib import Path
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ImgclsError(f"--config {path}: no such file: give a YAML or JSON file of train options, such as a run's config.json")
+    text = path.read_text(errors="replace")
+    import yaml
+
+    try:
+        values = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)  # YAML reads JSON too
+    except (ValueError, yaml.YAMLError) as e:
+        mark = getattr(e, "problem_mark", None)  # YAML's errors say what and where on several lines
+        detail = f"{e.problem}, line {mark.line + 1}" if mark is not None else str(e).splitlines()[0]
+        raise ImgclsError(f"--config {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} ({detail}): fix the file") from None
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ImgclsError(f"--config {path} holds a {type(values).__name__}, not a mapping of option names to values: "
+                          "write one option per line, such as `lr: 0.1`")  # fmt: skip
+    names = [f.name for f in fields(TrainConfig)]
+    for name in values:
+        if name not in names:
+            close = difflib.get_close_matches(str(name), names, n=1)
+            raise ImgclsError(f"--config {path}: unknown option '{name}'{f': did you mean {close[0]}?' if close else ''}")
+    return values

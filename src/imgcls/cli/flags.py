@@ -53,6 +53,14 @@ def add_train_options(parser: argparse.ArgumentParser, groups: tuple[str, ...], 
         parser.add_argument(flag(f.name), **kwargs)
 
 
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE",
+        help="train options from a YAML or JSON file, under the names of config.json (a run's config.json trains that run "
+        "again); options given beside it win",
+    )  # fmt: skip
+
+
 def given(args: argparse.Namespace, groups: tuple[str, ...], only: tuple[str, ...] | None = None) -> dict:
     """The options of `groups` (or those named in `only`) the user set on the command line, under their Python names."""
     names = [f.name for f in fields(TrainConfig) if (f.metadata.get("group") in groups if only is None else f.name in only)]
@@ -70,12 +78,12 @@ def as_flags(options: dict) -> list[str]:
     return out
 
 
-def only_machine_options(given: dict, out: str | None) -> None:
+def only_machine_options(given: dict, out: str | None, config: str | None = None) -> None:
     """--resume continues with the run's saved settings: only --device and --data-dir, which change with the machine,
     may be given beside it."""
-    fixed = [k for k in given if k not in ("device", "data_dir")]
-    if fixed or out:
-        flags = ", ".join(flag(k) for k in [*fixed, *(["out"] if out else [])])
+    fixed = [k for k in given if k not in ("device", "data_dir")] + [k for k, v in (("out", out), ("config", config)) if v]
+    if fixed:
+        flags = ", ".join(flag(k) for k in fixed)
         raise ImgclsError(f"--resume continues with the run's saved settings: drop {flags}")
 
 
