@@ -18,7 +18,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "train": "imgcls.api", "resume": "imgcls.api", "evaluate": "imgcls.api", "export": "imgcls.api", "lr_find": "imgcls.api",
     "load": "imgcls.api", "check_data": "imgcls.api", "Run": "imgcls.api", "Predictor": "imgcls.inference", "Prediction": "imgcls.inference",
-    "Callback": "imgcls.training.callbacks", "Interrupted": "imgcls.interrupt",
+    "Callback": "imgcls.training.callbacks", "Interrupted": "imgcls.interrupt", "MLflowLogger": "imgcls.training.mlflow",
 }  # fmt: skip
 __all__ = ["ImgclsError", "__version__", *_LAZY]
 

@@ -38,6 +38,19 @@ def add_parsers(sub) -> None:
         const="http://localhost:8097",
         help="plot live curves on a Visdom server [http://localhost:8097]",
     )
+    p.add_argument(
+        "--mlflow",
+        metavar="URI",
+        nargs="?",
+        const="",
+        help="track the run in MLflow (needs imgcls[mlflow]): the config as params, each epoch's metrics (step = epoch), the "
+        "summary's figures, dataset, model and recipe tags, and report.html, the plots, summary.json and best.pt as artifacts; "
+        "`imgcls export` adds the exported model. A tracked run resumes into its own MLflow run, with or without --mlflow. "
+        "URI: a tracking server (http://host:5000) or a local store [sqlite:///mlflow.db in this folder; with --resume, the run's own]",
+    )
+    p.add_argument(
+        "--mlflow-experiment", metavar="NAME", help="the MLflow experiment of a new tracked run (implies --mlflow) [the dataset's name]"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -86,10 +99,15 @@ def cmd_train(args) -> int:
 
 
 def _loggers(args) -> list:
-    """Live loggers, created before training so a missing package or server is reported at once."""
+    """Live loggers and MLflow tracking, created before training so a missing package or server is reported at once."""
     from imgcls.training.loggers import TensorBoardLogger, VisdomLogger
 
-    return [*([TensorBoardLogger()] if args.tensorboard else []), *([VisdomLogger(args.visdom)] if args.visdom else [])]
+    loggers = [*([TensorBoardLogger()] if args.tensorboard else []), *([VisdomLogger(args.visdom)] if args.visdom else [])]
+    if args.mlflow is not None or args.mlflow_experiment:
+        from imgcls.training.mlflow import MLflowLogger
+
+        loggers.append(MLflowLogger(args.mlflow or None, args.mlflow_experiment))  # --mlflow alone: the default store
+    return loggers
 
 
 def launch(nproc: int) -> int:
