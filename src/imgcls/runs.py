@@ -58,6 +58,22 @@ def lock_run(run_dir: Path):
         yield
 
 
+def in_use(run_dir: Path) -> bool | None:
+    """Whether a live process holds RUN/.lock (lock_run): it is training into the run. None when the lock cannot be
+    tested (a folder this user may not write); False where no lock was ever taken. Testing takes the lock for an instant
+    through locked_file, which also sees a holder in this very process without dropping its lock."""
+    path = Path(run_dir) / ".lock"
+    if not path.is_file():
+        return False
+    try:
+        with locked_file(path, block=False):
+            return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return None
+
+
 def read_split(run_dir: Path) -> dict[str, list[str]] | None:
     """The file-level split a folder run saved (split.json), or None for named datasets."""
     path = Path(run_dir) / "split.json"

@@ -32,9 +32,15 @@ def table(header: list[str], rows: list[list], numeric: set[int] = frozenset()) 
     return f"<table><thead><tr>{cells(header, 'th')}</tr></thead>\n<tbody>\n{body}\n</tbody></table>"
 
 
+def png_tag(png: bytes, alt: str, title: str | None = None) -> str:
+    """An <img> that holds the PNG itself, as a data URL."""
+    data = base64.b64encode(png).decode()
+    return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}"' + (f' title="{escape(title)}">' if title else ">")
+
+
 def image_tag(path: Path, alt: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f'<a href="{escape(path.name)}"><img src="data:image/png;base64,{data}" alt="{escape(alt)}" title="{escape(path.name)}"></a>'
+    """A PNG file embedded, linked to the file beside the page."""
+    return f'<a href="{escape(path.name)}">{png_tag(path.read_bytes(), alt, path.name)}</a>'
 
 
 def page(title: str, body: str) -> str:

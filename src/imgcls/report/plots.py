@@ -4,6 +4,7 @@ Figures use the object-oriented API (no pyplot state), so they render headless w
 function builds a Figure; `plot_*` functions build and save one. Images come in as uint8 N x C x H x W.
 """
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,7 +25,14 @@ LITERAL = {"parse_math": False, "usetex": False}
 
 
 def save(fig: Figure, path: str | Path) -> None:
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=DPI, facecolor="white"))
+    atomic_write(path, lambda f: f.write(png(fig)))
+
+
+def png(fig: Figure) -> bytes:
+    """The figure as PNG bytes: a file's (save) or a page's to embed."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=DPI, facecolor="white")
+    return buffer.getvalue()
 
 
 def short(name: str, width: int) -> str:
