@@ -108,8 +108,18 @@ def test_a_study_runs_its_trials_as_runs_keeps_the_best_and_continues_where_it_s
     again = tune(search={"lr": {"low": 0.005, "high": 0.2, "log": True}}, trials=3, pruner="none", out="study")
     assert [t.number for t in again.study.get_trials()] == [0, 1, 2] and (tmp_path / "study" / "trial-2" / "summary.json").is_file()
     # A worker with another space is refused rather than mixed into the study.
-    with pytest.raises(ImgclsError, match="was started with other space"):
+    with pytest.raises(ImgclsError, match="was started with search space lr=0.005:0.2:log: run the same command"):
         tune(search={"lr": {"low": 0.001, "high": 0.2, "log": True}}, trials=5, pruner="none", out="study")
+
+
+def test_a_study_of_the_recipes_space_tries_the_recipes_own_settings_first():
+    result = tune(trials=1, pruner="none", out="study")
+    first, run = result.study.get_trials()[0], imgcls.Run.open("study/trial-0")
+    assert set(first.params) >= {"lr", "weight_decay", "label_smoothing"} and first.user_attrs["recipe_defaults"]
+    assert all(run.config[k] == v for k, v in first.params.items())
+    assert result.defaults["number"] == 0 and "0 (recipe)" in result.report.read_text()
+    fixed = tune(trials=1, pruner="none", out="fixed", lr=0.02, batch_size=16)  # options given are not searched
+    assert not {"lr", "batch_size"} & set(fixed.study.get_trials()[0].params)
 
 
 def test_pruned_trials_stop_at_an_epoch_and_leave_a_resumable_run():

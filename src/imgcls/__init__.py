@@ -16,7 +16,7 @@ from imgcls.errors import ImgclsError
 __version__ = "0.1.0"
 
 _LAZY = {
-    "train": "imgcls.api", "resume": "imgcls.api", "evaluate": "imgcls.api", "export": "imgcls.api", "lr_find": "imgcls.api",
+    "train": "imgcls.api", "resume": "imgcls.api", "evaluate": "imgcls.api", "export": "imgcls.api", "lr_find": "imgcls.api", "tune": "imgcls.api",
     "load": "imgcls.api", "check_data": "imgcls.api", "Run": "imgcls.api", "Predictor": "imgcls.inference", "Prediction": "imgcls.inference",
     "Callback": "imgcls.training.callbacks", "Interrupted": "imgcls.interrupt", "MLflowLogger": "imgcls.training.mlflow",
     "runs": "imgcls.experiments.table", "compare": "imgcls.experiments.compare",

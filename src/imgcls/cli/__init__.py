@@ -7,7 +7,7 @@ import os
 import sys
 
 from imgcls import __version__
-from imgcls.cli import autoencode, data, experiments, gan, models, train, use
+from imgcls.cli import autoencode, data, experiments, gan, models, train, tune, use
 from imgcls.errors import ImgclsError
 from imgcls.interrupt import describe, signal_of, stop_signals_raise
 from imgcls.logs import console
@@ -17,7 +17,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imgcls", description="Fast, batteries-included image classification on PyTorch.")
     parser.add_argument("--version", action="version", version=f"imgcls {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module in (train, use, data, models, gan, autoencode, experiments):
+    for module in (train, tune, use, data, models, gan, autoencode, experiments):
         module.add_parsers(sub)
     return parser
 

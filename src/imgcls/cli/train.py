@@ -5,7 +5,7 @@ import shlex
 import signal
 import sys
 
-from imgcls.cli.flags import add_train_options, as_flags, given, only_machine_options, writable
+from imgcls.cli.flags import add_config_option, add_train_options, as_flags, given, only_machine_options, writable
 from imgcls.errors import ImgclsError
 from imgcls.options import SETUP, TRAIN
 
@@ -18,6 +18,7 @@ def add_parsers(sub) -> None:
         "Unset options get defaults that suit the dataset.",
     )
     add_train_options(p, (SETUP, TRAIN))
+    add_config_option(p)
     p.add_argument("--out", metavar="DIR", help="run folder [runs/<dataset>-<model>-<n>]")
     p.add_argument(
         "--resume", metavar="RUN", help="continue a run (its folder or last.pt) with its saved settings; --device and --data-dir may change"
@@ -61,6 +62,7 @@ def add_parsers(sub) -> None:
         "descent for `imgcls train --lr`. Takes train's data and model options; saves no weights.",
     )
     add_train_options(p, (SETUP,))
+    add_config_option(p)
     p.add_argument("--steps", metavar="N", type=int, default=100, help="steps of the probe [100]")
     p.add_argument("--start-lr", metavar="LR", type=float, default=1e-7, help="lr of the first step [1e-7]")
     p.add_argument("--end-lr", metavar="LR", type=float, default=10.0, help="lr of the last step [10]")
@@ -78,10 +80,10 @@ def cmd_train(args) -> int:
     options = given(args, (SETUP, TRAIN))
     callbacks = _loggers(args)
     if args.resume:
-        only_machine_options(options, args.out)
+        only_machine_options(options, args.out, args.config)
         run = imgcls.resume(args.resume, device=args.device, data_dir=args.data_dir, callbacks=callbacks)
     else:
-        run = imgcls.train(out=writable("--out", args.out, folder=True), callbacks=callbacks, **options)
+        run = imgcls.train(config=args.config, out=writable("--out", args.out, folder=True), callbacks=callbacks, **options)
     if run.interrupted is not None:
         stop = run.interrupted
         print(f"resume with: imgcls train --resume {stop.run_dir}", file=sys.stderr)  # imgcls.train said where it stopped
@@ -157,7 +159,7 @@ def cmd_lr_find(args) -> int:
     import imgcls
 
     options = given(args, (SETUP,))
-    result = imgcls.lr_find(out=writable("--out", args.out, folder=True), steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr,
+    result = imgcls.lr_find(config=args.config, out=writable("--out", args.out, folder=True), steps=args.steps, start_lr=args.start_lr, end_lr=args.end_lr,
                             **options)  # fmt: skip
     stopped = f"diverged at step {len(result.rows)}, lr {result.rows[-1]['lr']:.2g}" if result.diverged else "did not diverge"
     print(

@@ -55,9 +55,14 @@ def cmd_tune(args) -> int:
     print(f"study {result.study.study_name}: {len(states)} trials ({counts}); report in {result.report}")
     if result.best is not None:
         best, what = result.best, result.objective.removeprefix("best_").replace("_", " ")
-        figure = f"{best['value']:.2%}" if what == "val accuracy" else f"{best['value']:.4f}"
-        test = f", test accuracy {best['test_accuracy']:.2%}" if best.get("test_accuracy") is not None else ""
-        print(f"best: trial {best['number']}, {what} {figure}{test} ({best['run']})\n"
+
+        def figures(trial: dict) -> str:
+            value = f"{trial['value']:.2%}" if what == "val accuracy" else f"{trial['value']:.4f}"
+            return f"{what} {value}" + (f", test accuracy {trial['test_accuracy']:.2%}" if trial.get("test_accuracy") is not None else "")
+
+        if result.defaults is not None and result.defaults["number"] != best["number"]:
+            print(f"the recipe's settings: trial {result.defaults['number']}, {figures(result.defaults)}")
+        print(f"best: trial {best['number']}, {figures(best)} ({best['run']})\n"
               f"train it with:\n  {shlex.join(['imgcls', 'train', *as_flags(result.best_options)])}\n"
               f"or: imgcls train --config {result.config_file}")  # fmt: skip
     if result.interrupted is not None:

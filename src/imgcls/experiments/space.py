@@ -145,6 +145,11 @@ def recipe_space(cfg: TrainConfig, train_images: int) -> dict:
     return space
 
 
+def inside(param: dict, value) -> bool:
+    """Whether a parameter's range or choices hold `value`."""
+    return value in param["choices"] if "choices" in param else value is not None and param["low"] <= value <= param["high"]
+
+
 def suggest(trial, space: dict) -> dict:
     """One trial's options, drawn by Optuna's sampler."""
     options = {}

@@ -23,7 +23,7 @@ from pathlib import Path
 from imgcls.config import TrainConfig
 from imgcls.data import dataset_name
 from imgcls.errors import ImgclsError
-from imgcls.experiments.space import canonical, describe, recipe_space, suggest
+from imgcls.experiments.space import canonical, describe, inside, recipe_space, suggest
 from imgcls.files import write_text
 from imgcls.interrupt import Interrupted
 from imgcls.training import run as training
@@ -55,7 +55,8 @@ class Pruning(Callback):
 @dataclass
 class Tuned:
     """What a study gave: `best` (the best trial: number, value, params, run, test_accuracy) and `best_options`
-    (every train option of it, as `config_file` holds them), the report page, the Optuna `study` itself."""
+    (every train option of it, as `config_file` holds them), `defaults` (the trial of the recipe's settings), the report
+    page, the Optuna `study` itself."""
 
     study: object
     dir: Path
@@ -68,6 +69,7 @@ class Tuned:
     report: Path | None = None
     interrupted: Interrupted | None = None
     trials: list[dict] = field(default_factory=list)
+    defaults: dict | None = None  # the trial of the recipe's own settings (the first of a study of its space), once complete
 
 
 def _optuna():
@@ -75,7 +77,9 @@ def _optuna():
         import optuna
     except ImportError:
         raise ImgclsError("imgcls tune needs Optuna: pip install 'imgcls[tune]'") from None
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # imgcls says what each trial did, once
+    # imgcls says what each trial did, once; Optuna's warning of a failed trial carries a traceback, which a stopped
+    # trial (Ctrl-C) is not worth: the command says how it stopped.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     return optuna
 
 
@@ -154,6 +158,9 @@ def tune(
     )  # fmt: skip
     _same_study(found, {"options": {k: v for k, v in given.items() if k not in MACHINE}, "space": canonical(space),
                         "objective": objective_key})  # fmt: skip
+    defaults = {k: getattr(filled, k) for k in space}
+    if all(inside(space[k], v) for k, v in defaults.items()):  # the recipe's own settings first: the baseline to beat
+        found.enqueue_trial(defaults, user_attrs={"recipe_defaults": True}, skip_if_exists=True)
     LOG.info(f"study {name} in {shown}: {trials} trials of {describe(space)}, {objective_key.replace('_', ' ')} maximised, "
              f"{pruner if isinstance(pruner, str) else type(pruner).__name__} pruning; runs in {study_dir}")  # fmt: skip
     counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.RUNNING)
@@ -165,7 +172,8 @@ def tune(
         run_dir = study_dir / f"trial-{trial.number}"
         for key, value in (("run", str(run_dir.resolve())), ("host", socket.gethostname()), ("pid", os.getpid())):
             trial.set_user_attr(key, value)
-        LOG.info(f"trial {trial.number}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in params.items()))
+        LOG.info(f"trial {trial.number}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in params.items())
+                 + (" (the recipe's settings)" if trial.user_attrs.get("recipe_defaults") else ""))  # fmt: skip
         pruning = Pruning(trial, "val_map" if dataset.multi_label else "val_acc")
         reuse = None if "image_size" in space else dataset  # a trial of another size decodes its own
         try:
@@ -228,10 +236,18 @@ def _same_study(study, settings: dict) -> None:
         return
     theirs = json.loads(saved["settings"])
     mine = json.loads(json.dumps(settings, sort_keys=True, default=str))
-    differ = [key for key in mine if mine[key] != theirs.get(key)]
+    differ = []
+    if mine["space"] != theirs.get("space"):
+        differ.append(f"search space {describe(json.loads(theirs['space']))}")
+    options, their_options = mine["options"], theirs.get("options", {})
+    for key in sorted(set(options) | set(their_options)):
+        if options.get(key) != their_options.get(key):
+            differ.append(f"{key} {their_options[key]}" if key in their_options else f"no {key}")
+    if mine["objective"] != theirs.get("objective"):
+        differ.append(f"objective {theirs.get('objective')}")
     if differ:
-        raise ImgclsError(f"study {study.study_name} was started with other {' and '.join(differ)} ({json.dumps(theirs)}): "
-                          "run the same command as its other workers, or choose another --study")  # fmt: skip
+        raise ImgclsError(f"study {study.study_name} was started with {'; '.join(differ)}: run the same command as its other "
+                          "workers, or choose another --study")  # fmt: skip
 
 
 def _write(result: Tuned, given: dict | None = None) -> Tuned:
@@ -248,6 +264,7 @@ def _write(result: Tuned, given: dict | None = None) -> Tuned:
     if complete:
         best = result.study.best_trial
         result.best = {"number": best.number, "value": best.value, "params": best.params, **best.user_attrs}
+        result.defaults = next((t for t in complete if t.get("recipe_defaults")), None)
         result.best_options = {**given, **best.params}
         result.config_file = result.dir / "best.yaml"
         write_text(result.config_file, yaml.safe_dump(result.best_options, sort_keys=False))

@@ -24,6 +24,7 @@ def trial_rows(study) -> list[dict]:
             "number": t.number, "state": t.state.name, "value": t.value, **t.params,
             "test_accuracy": attrs.get("test_accuracy"), "epochs_run": attrs.get("epochs_run"),
             "train_seconds": attrs.get("train_seconds"), "run": attrs.get("run"), "host": attrs.get("host"),
+            "recipe_defaults": bool(attrs.get("recipe_defaults")),
         })  # fmt: skip
     return rows
 
@@ -84,7 +85,7 @@ def write_tune_report(study, out: Path, space: dict, objective: str) -> Path:
         return "" if value is None else f"{value:.{digits}g}" if isinstance(value, float) else value
 
     body = [
-        [r["number"], r["state"].lower(), cell(r["value"]), *(cell(r.get(n)) for n in names), cell(r["test_accuracy"]),
+        [f"{r['number']} (recipe)" if r["recipe_defaults"] else r["number"], r["state"].lower(), cell(r["value"]), *(cell(r.get(n)) for n in names), cell(r["test_accuracy"]),
          cell(r["epochs_run"]), cell(r["train_seconds"], 3), _relative(r["run"], out)]
         for r in rows
     ]  # fmt: skip
