@@ -9,6 +9,7 @@ training spent against the same trials run to the end.
 """
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -37,13 +38,14 @@ def main() -> None:
     command = [sys.executable, "-m", "imgcls", "tune", "--data", str(data), "--recipe", args.recipe, "--trials", str(args.trials),
                "--storage", storage, "--study", study, "--pruner", args.pruner, "--out", str(out)]  # fmt: skip
     started = time.perf_counter()
-    workers = []
-    for i in range(args.workers):
-        log = open(out / f"worker-{i}.log", "w")
-        env = {**os.environ, "OMP_NUM_THREADS": threads}
-        workers.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env))
-        time.sleep(5 if i == 0 else 0)  # the first creates the study and enqueues the recipe's settings
-    codes = [w.wait() for w in workers]
+    with contextlib.ExitStack() as logs:
+        workers = []
+        for i in range(args.workers):
+            log = logs.enter_context(open(out / f"worker-{i}.log", "w"))
+            env = {**os.environ, "OMP_NUM_THREADS": threads}
+            workers.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env))
+            time.sleep(5 if i == 0 else 0)  # the first creates the study and enqueues the recipe's settings
+        codes = [w.wait() for w in workers]
     wall = time.perf_counter() - started
     if any(codes):
         sys.exit(f"workers exited with {codes}: see {out}/worker-*.log")

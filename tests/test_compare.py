@@ -18,7 +18,7 @@ from PIL import Image
 
 from conftest import api_train, one_line_error, run_cli, tiny_dataset
 from imgcls.files import write_json
-from imgcls.runs import read_metrics, write_metrics
+from imgcls.rundir import read_metrics, write_metrics
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_runs_sorts_by_a_column_and_writes_csv_json_and_markdown(mixed, capsys):
 def test_an_unfinished_run_is_training_while_a_process_holds_it(runs_dir, tmp_path, capsys):
     run = unfinished_copy(runs_dir / "tiny-mlp-2", tmp_path / "runs" / "live")
     holder = subprocess.Popen(
-        [sys.executable, "-c", f"import sys\nfrom imgcls.runs import lock_run\nwith lock_run({str(run)!r}):\n print('held', flush=True)\n sys.stdin.read()"],
+        [sys.executable, "-c", f"import sys\nfrom imgcls.rundir import lock_run\nwith lock_run({str(run)!r}):\n print('held', flush=True)\n sys.stdin.read()"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -117,10 +117,8 @@ def test_an_unfinished_run_is_training_while_a_process_holds_it(runs_dir, tmp_pa
 
 def test_the_api_gives_a_dataframe_or_without_pandas_the_rows(runs_dir, monkeypatch):
     import imgcls
-    from imgcls.runs import lock_run  # the module of run folders is still there under its name
 
-    assert callable(lock_run)
-    frame = imgcls.runs(runs_dir, sort="best_val_acc")  # after imgcls.train loaded that module: still the function
+    frame = imgcls.runs(runs_dir, sort="best_val_acc")
     assert list(frame["best_val_acc"]) == sorted(frame["best_val_acc"], reverse=True)
     assert set(frame["status"]) == {"finished"} and "test_acc" in frame.columns
     monkeypatch.setitem(sys.modules, "pandas", None)  # as if not installed

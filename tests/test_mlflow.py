@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import StopAt, free_port, make_folder, one_line_error, run_cli
-from imgcls.runs import read_metrics
+from imgcls.rundir import read_metrics
 
 mlflow = pytest.importorskip("mlflow")
 from mlflow.tracking import MlflowClient  # noqa: E402

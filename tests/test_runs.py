@@ -12,7 +12,7 @@ from conftest import make_folder
 from imgcls import checkpoint, files
 from imgcls.cli import main
 from imgcls.errors import ImgclsError
-from imgcls.runs import lock_run
+from imgcls.rundir import lock_run
 
 
 def no_space(*args):
@@ -63,7 +63,7 @@ def test_a_cache_that_cannot_be_written_warns_and_training_goes_on(tmp_path, mon
 def test_a_run_folder_in_use_is_refused_with_the_holders_pid(tmp_path, capsys):
     (tmp_path / "r").mkdir()
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from imgcls.runs import lock_run\nwith lock_run(sys.argv[1]):\n print('held', flush=True); time.sleep(120)", "r"],
+        [sys.executable, "-c", "import sys, time; from imgcls.rundir import lock_run\nwith lock_run(sys.argv[1]):\n print('held', flush=True); time.sleep(120)", "r"],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

@@ -21,11 +21,6 @@ _LAZY = {
     "Callback": "imgcls.training.callbacks", "Interrupted": "imgcls.interrupt", "MLflowLogger": "imgcls.training.mlflow",
     "runs": "imgcls.experiments.table", "compare": "imgcls.experiments.compare",
 }  # fmt: skip
-# imgcls.runs is the function above and also the name of the module of run folders, which the import system binds on
-# the package when it first loads it, over the function. Loaded now (it needs no torch), it is never bound again: it
-# stays sys.modules["imgcls.runs"], for `from imgcls.runs import ...`.
-importlib.import_module("imgcls.runs")
-del globals()["runs"]
 __all__ = ["ImgclsError", "__version__", *_LAZY]
 
 

@@ -20,7 +20,7 @@ from imgcls.files import read_json
 from imgcls.interrupt import Interrupted
 from imgcls.models.user import absolute, is_user_model, spec_of
 from imgcls.options import READING
-from imgcls.runs import read_metrics
+from imgcls.rundir import read_metrics
 from imgcls.training.callbacks import Callback, standard
 
 LOG = logging.getLogger("imgcls")

@@ -24,7 +24,7 @@ from imgcls.files import write_text
 from imgcls.interrupt import during
 from imgcls.models import get_model_info
 from imgcls.options import TrainConfig
-from imgcls.runs import read_split
+from imgcls.rundir import read_split
 
 EVAL_VALUES = 1 << 23  # input values per evaluation batch (32 MB of floats)
 

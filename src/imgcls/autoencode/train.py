@@ -28,7 +28,7 @@ from imgcls.files import read_json, write_json
 from imgcls.interrupt import STOP_SIGNALS, CtrlC, Interrupted
 from imgcls.models import num_params
 from imgcls.recipes import epochs_for
-from imgcls.runs import lock_run, new_run_dir, read_split, write_rows
+from imgcls.rundir import lock_run, new_run_dir, read_split, write_rows
 from imgcls.training.run import load_run_data
 from imgcls.training.trainer import DEVICE_DATA_LIMIT, batches_per_epoch
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from imgcls.errors import ImgclsError
 from imgcls.files import printable, read_json
-from imgcls.runs import in_use, read_metrics
+from imgcls.rundir import in_use, read_metrics
 
 DEPTH = 2  # folder levels searched below DIR: runs/NAME, and a study's trials runs/tune-STUDY/trial-N
 COLUMNS = ["name", "status", "dataset", "model", "recipe", "task", "epochs", "max_epochs", "test_acc", "best_val_acc", "test_map",

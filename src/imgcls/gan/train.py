@@ -29,7 +29,7 @@ from imgcls.gan.models import MAX_SIDE, Discriminator, Generator
 from imgcls.gan.sample import FORMAT, class_labels, generate
 from imgcls.interrupt import STOP_SIGNALS, CtrlC, Interrupted
 from imgcls.models import num_params
-from imgcls.runs import lock_run, new_run_dir, write_rows
+from imgcls.rundir import lock_run, new_run_dir, write_rows
 from imgcls.training.averaging import WeightAverage
 from imgcls.training.trainer import batches_per_epoch
 

@@ -11,7 +11,7 @@ import torch
 from imgcls.data.core import Dataset
 from imgcls.errors import ImgclsError
 from imgcls.files import read_json, write_text
-from imgcls.runs import read_metrics
+from imgcls.rundir import read_metrics
 
 SAMPLES = 32  # test images in samples.png
 TOP_LOSSES = 16  # images in top_losses.png

@@ -20,7 +20,7 @@ from imgcls.errors import ImgclsError
 from imgcls.files import write_json
 from imgcls.models.weights import Weights, transfer
 from imgcls.progress import progress_bar
-from imgcls.runs import lock_run, new_run_dir, write_rows
+from imgcls.rundir import lock_run, new_run_dir, write_rows
 from imgcls.training.run import setup
 from imgcls.training.trainer import Trainer
 

@@ -26,7 +26,7 @@ from imgcls.models.pretrained import pretrained_normalised, pretrained_weights
 from imgcls.models.user import check_outputs, is_user_model
 from imgcls.models.weights import Weights, read_state_dict, transfer
 from imgcls.recipes import IMBALANCE, backbone
-from imgcls.runs import lock_run, new_run_dir, read_split
+from imgcls.rundir import lock_run, new_run_dir, read_split
 from imgcls.training.callbacks import Callback
 from imgcls.training.trainer import Trainer
 

@@ -27,7 +27,7 @@ from imgcls.files import write_json
 from imgcls.interrupt import STOP_SIGNALS, CtrlC, Interrupted, during
 from imgcls.models import create_model, get_model_info, num_params
 from imgcls.models.fast import data_initialised, init_from_data
-from imgcls.runs import write_metrics
+from imgcls.rundir import write_metrics
 from imgcls.training import finetune
 from imgcls.training.averaging import Lookahead, WeightAverage
 from imgcls.training.callbacks import Callback, Callbacks
