@@ -142,6 +142,17 @@ def test_ctrl_c_in_a_trial_stops_the_study_and_keeps_it():
     assert [t.state.name for t in again.study.get_trials()] == ["FAIL", "COMPLETE"] and again.best["number"] == 1
 
 
+@pytest.mark.slow  # MLflow creating its SQLite store takes most of half a minute
+def test_each_trial_is_tracked_in_mlflow_as_a_run_of_its_own():
+    from mlflow.tracking import MlflowClient
+
+    tune(search="lr=0.01:0.1", trials=2, pruner="none", out="study", callbacks=[imgcls.MLflowLogger("sqlite:///mlflow.db")])
+    client = MlflowClient("sqlite:///mlflow.db")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert sorted(Path(r.data.tags["run_dir"]).name for r in runs) == ["trial-0", "trial-1"]
+    assert {r.info.status for r in runs} == {"FINISHED"} and len({r.data.params["lr"] for r in runs}) == 2
+
+
 def test_no_trial_starts_after_the_timeout():
     result = tune(search="lr=0.01:0.1", trials=5, pruner="none", out="study", timeout=1e-3)
     assert len(result.study.get_trials()) == 1 and result.best["number"] == 0

@@ -29,6 +29,27 @@ def add_parsers(sub) -> None:
         type=int,
         help="train on N processes of this machine (torchrun's launcher; DistributedDataParallel, --batch-size is the global batch)",
     )
+    add_logger_options(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "lr-find",
+        help="find a learning rate: a short run over growing learning rates, the loss plotted and an lr suggested",
+        description="Train a fresh model for --steps steps with the lr growing exponentially from --start-lr to --end-lr "
+        "(stopping early once the loss diverges), plot the smoothed loss against the lr, and suggest the lr of its steepest "
+        "descent for `imgcls train --lr`. Takes train's data and model options; saves no weights.",
+    )
+    add_train_options(p, (SETUP,))
+    add_config_option(p)
+    p.add_argument("--steps", metavar="N", type=int, default=100, help="steps of the probe [100]")
+    p.add_argument("--start-lr", metavar="LR", type=float, default=1e-7, help="lr of the first step [1e-7]")
+    p.add_argument("--end-lr", metavar="LR", type=float, default=10.0, help="lr of the last step [10]")
+    p.add_argument("--out", metavar="DIR", help="folder for lr_find.csv, .json and .png [runs/<dataset>-<model>-lr-find-<n>]")
+    p.set_defaults(func=cmd_lr_find)
+
+
+def add_logger_options(p) -> None:
+    """Live curves and tracking: train's, and tune's for each of its trials."""
     p.add_argument(
         "--tensorboard", action="store_true", help="log live curves and sample images to RUN/tensorboard (needs imgcls[tensorboard])"
     )
@@ -52,22 +73,6 @@ def add_parsers(sub) -> None:
     p.add_argument(
         "--mlflow-experiment", metavar="NAME", help="the MLflow experiment of a new tracked run (implies --mlflow) [the dataset's name]"
     )
-    p.set_defaults(func=cmd_train)
-
-    p = sub.add_parser(
-        "lr-find",
-        help="find a learning rate: a short run over growing learning rates, the loss plotted and an lr suggested",
-        description="Train a fresh model for --steps steps with the lr growing exponentially from --start-lr to --end-lr "
-        "(stopping early once the loss diverges), plot the smoothed loss against the lr, and suggest the lr of its steepest "
-        "descent for `imgcls train --lr`. Takes train's data and model options; saves no weights.",
-    )
-    add_train_options(p, (SETUP,))
-    add_config_option(p)
-    p.add_argument("--steps", metavar="N", type=int, default=100, help="steps of the probe [100]")
-    p.add_argument("--start-lr", metavar="LR", type=float, default=1e-7, help="lr of the first step [1e-7]")
-    p.add_argument("--end-lr", metavar="LR", type=float, default=10.0, help="lr of the last step [10]")
-    p.add_argument("--out", metavar="DIR", help="folder for lr_find.csv, .json and .png [runs/<dataset>-<model>-lr-find-<n>]")
-    p.set_defaults(func=cmd_lr_find)
 
 
 def cmd_train(args) -> int:
@@ -78,7 +83,7 @@ def cmd_train(args) -> int:
 
     distributed.quiet_unless_main(distributed.from_env())
     options = given(args, (SETUP, TRAIN))
-    callbacks = _loggers(args)
+    callbacks = loggers(args)
     if args.resume:
         only_machine_options(options, args.out, args.config)
         run = imgcls.resume(args.resume, device=args.device, data_dir=args.data_dir, callbacks=callbacks)
@@ -100,7 +105,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _loggers(args) -> list:
+def loggers(args) -> list:
     """Live loggers and MLflow tracking, created before training so a missing package or server is reported at once."""
     from imgcls.training.loggers import TensorBoardLogger, VisdomLogger
 

@@ -4,6 +4,7 @@ import shlex
 import sys
 
 from imgcls.cli.flags import add_config_option, add_train_options, as_flags, given, positive, writable
+from imgcls.cli.train import add_logger_options, loggers
 from imgcls.options import SETUP, TRAIN
 
 
@@ -19,6 +20,7 @@ def add_parsers(sub) -> None:
     )
     add_train_options(p, (SETUP, TRAIN))
     add_config_option(p)
+    add_logger_options(p)
     p.add_argument("--trials", metavar="N", type=int, default=20, help="finished (complete or pruned) trials the study should hold, "
                    "counting every worker's [20]")  # fmt: skip
     p.add_argument("--timeout", metavar="SECONDS", type=float, help="start no trial after this many seconds (the running one finishes)")
@@ -48,7 +50,7 @@ def cmd_tune(args) -> int:
     positive("--timeout", args.timeout, integer=False, optional=True)
     result = imgcls.tune(
         config=args.config, trials=args.trials, timeout=args.timeout, search=args.search, storage=args.storage, study=args.study,
-        pruner=args.pruner, out=writable("--out", args.out, folder=True), **given(args, (SETUP, TRAIN)),
+        pruner=args.pruner, out=writable("--out", args.out, folder=True), callbacks=loggers(args), **given(args, (SETUP, TRAIN)),
     )  # fmt: skip
     states = [t["state"] for t in result.trials]
     counts = ", ".join(f"{states.count(s)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING") if s in states)
