@@ -56,7 +56,7 @@ class TrainConfig:
         "or a Hugging Face dataset: hf:NAME[:CONFIG] or hf:SAVED_FOLDER [mnist-sample]", metavar="NAME|PATH",
     )  # fmt: skip
     data_dir: str | None = opt(help="where named datasets live [$IMGCLS_DATA or a per-user cache folder]", metavar="DIR")
-    recipe: str = opt("fast", "tuned settings for every option left unset (see README) [fast]", choices=("fast", "quick", "accurate"))
+    recipe: str = opt("fast", "tuned settings for every option left unset, by kind of data [fast]", choices=("fast", "quick", "accurate"))
     model: str | None = opt(
         help="a built-in, torchvision or timm model (resnet50, tv:resnet18, timm:convnext_nano; see `imgcls models`), or your own "
         "nn.Module class (nets.py:Net, package.module:Net) [recipe: digitnet for digits, speednet for small images; photos: "
@@ -71,18 +71,21 @@ class TrainConfig:
     )  # fmt: skip
     muon_lr: float | None = opt(help="--optimizer muon: the conv filters' peak lr, each filter held at unit norm [0.24]", metavar="LR",
                                 limit=positive(float))  # fmt: skip
-    weight_decay: float | None = opt(help="[recipe: 5e-4; another optimizer: sgd 5e-4, adam 0, adamw 0.01]", metavar="WD",
-                                     limit=(float, lambda v: 0 <= v < math.inf, "zero or more and finite"))  # fmt: skip
+    weight_decay: float | None = opt(
+        help="weight decay, not applied to biases and norm layers [recipe: 5e-4; another optimizer: sgd 5e-4, adam 0, adamw 0.01]",
+        metavar="WD", limit=(float, lambda v: 0 <= v < math.inf, "zero or more and finite"),
+    )  # fmt: skip
     momentum: float | None = opt(help="sgd's Nesterov momentum [recipe: 0.85 for small colour images, else 0.9]", metavar="M",
                                  limit=(float, lambda v: 0 <= v < 1, "in [0, 1)"))  # fmt: skip
     norm_lr_mult: float | None = opt(help="norm layers' parameters learn at lr x M [recipe: 64 for small colour images, else 1]",
                                      metavar="M", limit=positive(float))  # fmt: skip
     label_smoothing: float | None = opt(
-        help="[recipe: digits 0.1, others 0.2]", metavar="EPS", limit=(float, lambda v: 0 <= v < 1, "in [0, 1)")
-    )
+        help="cross-entropy label smoothing [recipe: digits 0.1, others 0.2]", metavar="EPS",
+        limit=(float, lambda v: 0 <= v < 1, "in [0, 1)"),
+    )  # fmt: skip
     seed: int = opt(0, "seed for init, splits, order and augmentation [0]", metavar="N",
                     limit=(int, lambda v: -(2**63) <= v < 2**64, "a 64-bit integer"))  # fmt: skip  # what torch.manual_seed takes
-    device: str = opt("auto", "[auto]", choices=("auto", "cpu", "cuda", "mps"))
+    device: str = opt("auto", "where to train [auto]", choices=("auto", "cpu", "cuda", "mps"))
     dedupe: bool = opt(
         False, "image folders: keep one copy of each group of exact or near duplicates (in test, else val, else train) and none of a "
         "picture filed under two classes; split.json lists the files dropped and why [off]",
