@@ -80,3 +80,12 @@ def test_a_run_folder_in_use_is_refused_with_the_holders_pid(tmp_path, capsys):
         holder.wait(10)
     with lock_run(tmp_path / "r"):  # the lock ended with its process: none goes stale
         pass
+
+
+def test_a_run_folder_is_named_after_the_class_of_a_users_model(tmp_path):
+    from imgcls.rundir import new_run_dir
+
+    assert new_run_dir("mnist-sample", "/home/me/project/nets.py:Net", None, root=str(tmp_path)).name == "mnist-sample-Net-1"
+    assert new_run_dir("mnist-sample", "__main__:Net", None, root=str(tmp_path)).name == "mnist-sample-Net-2"
+    assert new_run_dir("photos", "tv:resnet18", None, root=str(tmp_path)).name == "photos-tv-resnet18-1"
+    assert new_run_dir("photos", "timm:convnext_nano", None, root=str(tmp_path)).name == "photos-timm-convnext_nano-1"

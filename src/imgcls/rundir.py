@@ -24,12 +24,20 @@ def new_run_dir(dataset: str, model: str, out: str | None, root: str = "runs") -
     base.mkdir(parents=True, exist_ok=True)
     n = 1
     while True:
-        path = base / f"{dataset}-{model.replace(':', '-')}-{n}"  # tv:resnet18: no colons in folder names (Windows)
+        path = base / f"{dataset}-{folder_name(model)}-{n}"
         try:
             path.mkdir()
             return path
         except FileExistsError:
             n += 1
+
+
+def folder_name(model: str) -> str:
+    """A model's part of a run folder's name: tv-resnet18 (no colons in folder names, for Windows), and the class name
+    of a user's model (nets.py:Net, package.module:Net, __main__:Net), whose spec holds a path."""
+    if ":" in model and not model.startswith(("tv:", "torchvision:", "timm:")):
+        return model.rpartition(":")[2]
+    return model.replace(":", "-")
 
 
 @contextlib.contextmanager
