@@ -164,10 +164,11 @@ def test_run_marks_sit_right_above_bash_or_python_blocks():
     assert not examples(DOCS / "CONTRIBUTING-docs.md"), "the writers' guide shows the mark inside a fence: nothing to run"
 
 
-# Runs a page's marked blocks in order in one process, so that Python names carry over between blocks.
+# Runs a page's marked blocks in order in one process, so that Python names carry over between blocks. They run in
+# __main__ itself, as typed into `python`: a class a block defines is then __main__.Net, which imgcls can find again.
 DRIVER = """
 import json, subprocess, sys
-namespace = {"__name__": "__main__"}
+namespace = sys.modules["__main__"].__dict__
 for where, language, code in json.load(sys.stdin):
     print(f"--- {where}", flush=True)
     if language == "python":
