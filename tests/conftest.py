@@ -205,21 +205,26 @@ def serving(run: Path, log: Path, *args: str):
         server = subprocess.Popen([sys.executable, "-m", "imgcls", "serve", str(run), "--port", str(port), *args], stdout=out, stderr=out)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, f"imgcls serve exited: {log.read_text()}"
-            assert time.monotonic() < deadline, f"imgcls serve did not answer in 60 s: {log.read_text()}"
-            time.sleep(0.2)
+        wait_for_health(server, url, log, "imgcls serve")
         yield url
     finally:
         server.terminate()
         server.wait(10)
+
+
+def wait_for_health(server: subprocess.Popen, url: str, log: Path, what: str) -> None:
+    """Until the server process answers GET /health (60 s at most; its log shown when it exits or never answers)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        assert server.poll() is None, f"{what} exited: {log.read_text()}"
+        assert time.monotonic() < deadline, f"{what} did not answer in 60 s: {log.read_text()}"
+        time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")

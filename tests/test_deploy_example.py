@@ -10,7 +10,6 @@ import os
 import shlex
 import subprocess
 import sys
-import time
 import urllib.request
 from importlib import resources
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from conftest import free_port
+from conftest import free_port, wait_for_health
 
 DOCKERFILE = Path(__file__).resolve().parents[1] / "examples" / "docker" / "Dockerfile"
 
@@ -133,17 +132,7 @@ def test_the_dockerfile_entrypoint_serves_a_prediction(digit_run, tmp_path):
     with open(log, "w") as out:
         server = subprocess.Popen(args, stdout=out, stderr=out, env=env, cwd=tmp_path)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None, f"the Dockerfile's command exited: {log.read_text()}"
-            assert time.monotonic() < deadline, f"the Dockerfile's command did not answer in 60 s: {log.read_text()}"
-            time.sleep(0.2)
+        wait_for_health(server, url, log, "the Dockerfile's command")
 
         # The HEALTHCHECK, pointed at this port, passes.
         check = [sys.executable if a == "python" else a.replace(f":{docker['expose']}/", f":{port}/") for a in docker["healthcheck"]]
