@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgcls.errors import ImgclsError
-from imgcls.experiments.table import SHOWN, Damaged, aligned, is_run_config, read_files, row_of, shown, shown_columns
+from imgcls.experiments.table import SHOWN, Damaged, aligned, is_run_config, read_files, row_of, setting, shown, shown_columns
 from imgcls.files import printable
 
 DEFAULT_PAGE = "compare.html"  # in the current folder
@@ -76,13 +76,6 @@ class Comparison:
         else:
             cells += [["settings: all the same", *[""] * len(rows)]]
         return aligned(["run", *map(printable, self.names)], cells, left=len(rows) + 1)
-
-
-def setting(value) -> str:
-    """A config value as text: JSON for lists and dicts, '-' where a run lacks the key or leaves it unset (null)."""
-    if value is None:
-        return "-"
-    return printable(json.dumps(value) if isinstance(value, (list, dict)) else f"{value:g}" if isinstance(value, float) else str(value))
 
 
 def unique_names(folders: list[Path]) -> list[str]:

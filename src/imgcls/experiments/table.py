@@ -230,3 +230,10 @@ def format_rows(rows: list[dict], fmt: str = "table") -> str:
         table = "\n".join("| " + " | ".join(v.replace("|", "\\|") for v in line) + " |" for line in lines)
         return "\n\n".join([table, *(["\n".join(damaged)] if damaged else [])])
     return "\n".join(part for part in ((aligned(header, cells, left=5) if cells else ""), *damaged) if part)
+
+
+def setting(value) -> str:
+    """A config value as text: JSON for lists and dicts, '-' where a run lacks the key or leaves it unset (null)."""
+    if value is None:
+        return "-"
+    return printable(json.dumps(value) if isinstance(value, (list, dict)) else f"{value:g}" if isinstance(value, float) else str(value))

@@ -9,8 +9,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-from imgcls.experiments.compare import Compared, Comparison, setting
-from imgcls.experiments.table import SHOWN, shown, shown_columns
+from imgcls.experiments.table import SHOWN, setting, shown, shown_columns
 from imgcls.files import write_text
 from imgcls.report import plots
 from imgcls.report.html import escape, page, png_tag, table
@@ -27,7 +26,7 @@ def _legend(fig: Figure, ax) -> None:
         text.update(plots.LITERAL)  # run names drawn as written, never as math text
 
 
-def curves_figure(runs: list[Compared]) -> Figure:
+def curves_figure(runs: list) -> Figure:
     """Validation accuracy and loss per epoch, a line per run (and validation mAP where a multi-label run has it)."""
     panels = CURVES[:2] + [panel for panel in CURVES[2:] if any(panel[0] in row for r in runs for row in r.history)]
     fig = Figure(figsize=(5.2 * len(panels), 4), layout="constrained")
@@ -46,7 +45,7 @@ def curves_figure(runs: list[Compared]) -> Figure:
     return fig
 
 
-def per_class_figure(runs: list[Compared], classes: list[str]) -> Figure:
+def per_class_figure(runs: list, classes: list[str]) -> Figure:
     """Each class's test accuracy (a multi-label run's average precision) as horizontal bars, one per run."""
     tested = [(i, run) for i, run in enumerate(runs) if run.per_class]  # an unfinished run has no bars, and keeps its colour
     k, n = len(classes), len(tested)
@@ -67,12 +66,12 @@ def per_class_figure(runs: list[Compared], classes: list[str]) -> Figure:
     return fig
 
 
-def _measure(runs: list[Compared]) -> str:
+def _measure(runs: list) -> str:
     measures = {r.measure for r in runs if r.per_class}
     return "accuracy" if measures <= {"accuracy"} else "average precision" if measures == {"AP"} else "accuracy (AP for multi-label runs)"
 
 
-def _per_class_cell(run: Compared, name: str) -> str:
+def _per_class_cell(run, name: str) -> str:
     if name not in run.per_class:
         return "-"  # not one of its classes, or it has not been tested
     value = run.per_class[name]
@@ -89,7 +88,7 @@ def _summary_cell(key: str, value) -> str:
     return "-" if value is None else str(value)
 
 
-def render(comparison: Comparison) -> str:
+def render(comparison) -> str:
     runs, names = comparison.runs, comparison.names
     columns = shown_columns(comparison.rows)
     folders = any(str(r.dir) != r.name for r in runs)  # the folders as given, where the names do not say them already
@@ -130,6 +129,6 @@ does not have (an unfinished run has no test figures).</p>
     )
 
 
-def write_page(comparison: Comparison, out: Path) -> Path:
+def write_page(comparison, out: Path) -> Path:
     write_text(out, render(comparison))
     return out
