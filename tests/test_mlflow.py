@@ -22,8 +22,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:The ``noload`` loader strategy i
 
 
 class Server:
-    """`mlflow server` on a free loopback port, started at once; `url` waits until it answers (it boots in seconds,
-    while the tests that need no server run)."""
+    """`mlflow server` on a free loopback port; `url` waits until it answers (it boots in seconds)."""
 
     def __init__(self, root):
         self.log = root / "server.log"
@@ -49,7 +48,7 @@ class Server:
         return url
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def server(tmp_path_factory):
     server = Server(tmp_path_factory.mktemp("mlflow-server"))
     yield server
@@ -145,6 +144,7 @@ def tracked(server, tmp_path_factory):
     return client, root / "run", run_id, status
 
 
+@pytest.mark.slow  # a real mlflow server and a run stopped, resumed and exported: half a minute
 def test_a_tracked_run_logs_its_config_and_tags(tracked):
     client, run_dir, run_id, _ = tracked
     run = client.get_run(run_id)
@@ -156,6 +156,7 @@ def test_a_tracked_run_logs_its_config_and_tags(tracked):
     assert run.info.run_name == "run"
 
 
+@pytest.mark.slow  # a real mlflow server and a run stopped, resumed and exported: half a minute
 def test_a_resumed_run_continues_its_mlflow_run(tracked):
     client, run_dir, run_id, stopped = tracked
     assert stopped == "KILLED"  # stopped on request: resumable
@@ -172,6 +173,7 @@ def test_a_resumed_run_continues_its_mlflow_run(tracked):
     assert "per_class_accuracy" not in run.data.metrics and "test_accuracy" in figures
 
 
+@pytest.mark.slow  # a real mlflow server and a run stopped, resumed and exported: half a minute
 def test_a_tracked_run_logs_its_files_and_export(tracked, tmp_path):
     client, run_dir, run_id, _ = tracked
     logged = {a.path for a in client.list_artifacts(run_id)}
