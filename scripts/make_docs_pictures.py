@@ -116,6 +116,12 @@ def compare(data: Path, work: Path) -> None:
     subprocess.run([sys.executable, ROOT / "scripts" / "make_compare_demo.py", work / "compare"], check=True)
 
 
+def tune(data: Path, work: Path) -> None:
+    """Track, compare and tune: the page of a 12-trial study of 3-epoch runs on the embedded sample."""
+    imgcls("tune", "--epochs", 3, "--trials", 12, "--no-report", "--out", work / "tune", cwd=work)
+    screenshot(work / "tune" / "tune.html", DOCS / "experiments" / "tune.png", height=1250)
+
+
 # name: (what makes it, needs --data, about how long on two CPU cores)
 PICTURES = {
     "report": (report, False, "30 s"),
@@ -125,6 +131,7 @@ PICTURES = {
     "autoencode": (autoencode, True, "1 min"),
     "gan": (gan, True, "25 min"),
     "compare": (compare, False, "3 min"),
+    "tune": (tune, False, "3 min"),
 }
 
 

@@ -55,7 +55,7 @@ def importance_figure(importances: dict) -> Figure:
     ax = fig.add_subplot()
     names = list(importances)[::-1]
     ax.barh(names, [importances[n] for n in names], color="#1565c0")
-    ax.set(xlabel="importance (Optuna's PED-ANOVA: how far each parameter sets the best trials apart)", title="parameter importances")
+    ax.set(xlabel="importance (Optuna's PED-ANOVA: what sets the best trials apart)", title="parameter importances")
     fig.tight_layout()
     return fig
 
