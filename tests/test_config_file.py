@@ -10,6 +10,7 @@ from conftest import api_train, make_folder, one_line_error, run_cli
 from imgcls.errors import ImgclsError
 
 
+@pytest.mark.slow  # two runs in subprocesses or stores: kept out of the default suite's minutes
 def test_a_runs_config_json_trains_the_same_run_again(capsys):
     make_folder(Path("pets"), per_class=12)
     code, _, err = run_cli(capsys, "train", "--data", "pets", "--model", "cnn", "--epochs", "2", "--lr", "0.03", "--out", "first")

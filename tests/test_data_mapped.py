@@ -140,11 +140,14 @@ def test_a_folder_larger_than_the_memory_it_may_use_decodes_and_trains(tmp_path)
             Image.fromarray(rng.integers(0, 100, (8, 8, 3), dtype=np.uint8) + (150 if c == "light" else 0)).save(root / c / f"{i}.png")
     side = 256
     size = 4000 * 3 * side * side  # 786 MB decoded, from 8x8 files
-    budget = 600 << 20  # what a run takes besides the data at this size (modules, batches, evaluation, the report): under 500 MB
+    # What a run takes besides the data at this size (modules, batches, evaluation, the report): machine C's dev venv fails
+    # at 450 MB and passes at 600 (the test split's evaluation is the peak); a fresh CI venv once needed more than 600.
+    # Still below the 786 MB of the decoded data, which the run could not hold.
+    budget = 700 << 20
     args = ["train", "--data", str(root), "--image-size", str(side), "--model", "speednet", "--epochs", "1", "--batch-size", "8"]
     args += ["--no-augment", "--no-tta", "--out", "r"]
     result = subprocess.run([sys.executable, "-c", CAPPED, str(budget), str(size), *args], capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     [rows] = cache_files(tmp_path, ".u8")
     assert rows.stat().st_size == size
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())

@@ -94,6 +94,7 @@ def test_tracking_starts_on_resume_in_the_default_local_store(capsys, tmp_path):
     assert f"MLflow run {run.info.run_id}" in out
 
 
+@pytest.mark.slow  # two runs in subprocesses or stores: kept out of the default suite's minutes
 def test_a_file_store_and_a_store_gone(capsys, tmp_path, monkeypatch):
     """mlflow 3 refuses file stores (./mlruns) unless MLFLOW_ALLOW_FILE_STORE=true; said in one line. Once a tracked
     run's store is gone, export is done all the same (a warning), and resume says how to go on without it."""

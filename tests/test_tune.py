@@ -158,6 +158,7 @@ def test_no_trial_starts_after_the_timeout():
     assert len(result.study.get_trials()) == 1 and result.best["number"] == 0
 
 
+@pytest.mark.slow  # two runs in subprocesses or stores: kept out of the default suite's minutes
 def test_the_command_line_prints_the_best_trials_command_and_its_config_trains(capsys):
     make_folder(Path("pets"), per_class=12)
     code, out, err = run_cli(capsys, "tune", "--data", "pets", "--model", "cnn", "--epochs", "1", "--trials", "2", "--no-report",
