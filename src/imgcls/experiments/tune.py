@@ -87,7 +87,7 @@ def open_storage(url: str):
     """Optuna's database storage; a stale trial (its worker killed) is failed after 3 minutes without a heartbeat."""
     optuna = _optuna()
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, SQLAlchemyError
+    from sqlalchemy.exc import ArgumentError, IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 
     try:
         shown = make_url(url).render_as_string(hide_password=True)
@@ -100,9 +100,9 @@ def open_storage(url: str):
             with warnings.catch_warnings():  # "heartbeat_interval is experimental": it has been since Optuna 2.9 (2021)
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=60, grace_period=180), shown
-        except (IntegrityError, OperationalError) as e:
+        except (IntegrityError, OperationalError, ProgrammingError) as e:  # PostgreSQL's DuplicateTable is a ProgrammingError
             # Workers started together race to create a new database's tables: the loser finds them made.
-            if attempt == 9 or not (isinstance(e, IntegrityError) or "locked" in str(e)):
+            if attempt == 9 or not (isinstance(e, IntegrityError) or "locked" in str(e) or "already exists" in str(e)):
                 reason = str(e.orig).strip().splitlines()[0]
                 raise ImgclsError(f"cannot open --storage {shown} ({reason}): check that the server runs and the URL's user, "
                                   "password and database") from None  # fmt: skip
