@@ -255,7 +255,7 @@ def _write(result: Tuned, given: dict | None = None) -> Tuned:
     from imgcls.report.tune import trial_rows, write_tune_report
 
     result.trials = trial_rows(result.study)
-    result.report = write_tune_report(result.study, result.dir, result.space, result.objective)
+    result.report = write_tune_report(result.study, result.trials, result.dir, result.space, result.objective)
     if given is None:
         return result
     import yaml

@@ -74,10 +74,10 @@ def _importances(study) -> tuple[dict | None, str]:
         return None, f"no parameter importances: {e}"
 
 
-def write_tune_report(study, out: Path, space: dict, objective: str) -> Path:
+def write_tune_report(study, rows: list[dict], out: Path, space: dict, objective: str) -> Path:
+    """tune.html from the study and its trial_rows."""
     from imgcls.experiments.space import describe
 
-    rows = trial_rows(study)
     names = list(space)
     header = ["trial", "state", objective.replace("_", " "), *names, "test accuracy", "epochs", "seconds", "run"]
 
