@@ -21,6 +21,7 @@ NOT_TUNABLE = {
 }  # fmt: skip
 SPEC_HELP = "NAME=LOW:HIGH[:log], NAME=A|B|C, comma-separated, such as lr=1e-3:1e-1:log,batch_size=256|512"
 OPTION_TYPES = {f.name: f.type for f in fields(TrainConfig)}
+OPTION_CHOICES = {f.name: f.metadata.get("choices") for f in fields(TrainConfig)}
 
 
 def kind(name: str) -> type:
@@ -102,7 +103,7 @@ def check_space(space: dict, where: str) -> dict:
     """Names tunable, ranges ordered and within each option's limits (imgcls.options), choices allowed."""
     for name, param in space.items():
         check_name(name, where)
-        typ, limit, choices = kind(name), LIMITS.get(name), next(f.metadata.get("choices") for f in fields(TrainConfig) if f.name == name)
+        typ, limit, choices = kind(name), LIMITS.get(name), OPTION_CHOICES[name]
         values = param["choices"] if "choices" in param else [param["low"], param["high"]]
         if "choices" in param and not values:
             raise ImgclsError(f"{where}: {name} has no choices")
