@@ -1,6 +1,7 @@
 import base64
 import json
 import shutil
+import warnings
 from html import escape
 from html.parser import HTMLParser
 from pathlib import Path
@@ -191,6 +192,16 @@ def test_plots_are_legible_for_2_and_100_classes(k):
     assert_legible(plots.preview_figure(images, labels, classes, 4, "preview"))
     history = [{"epoch": e, "train_loss": 1 / e, "train_acc": 0.5, "val_loss": 1, "val_acc": 0.6, "lr": 0.01 / e} for e in (1, 2, 3)]
     assert_legible(plots.curves_figure(history))
+
+
+def test_top_losses_beside_their_heatmaps_draw_without_warnings():
+    classes, labels, probs, images, _ = fake_results(2)
+    index, losses = top_losses(probs.log(), labels, 4)
+    heatmaps = torch.rand(len(index), 20, 24)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a read-only PIL buffer handed to torch.from_numpy warned once per run
+        fig = plots.top_losses_figure(images[index], labels[index], probs[index], losses, classes, heatmaps)
+    assert any("where the model looked" in t for t in assert_legible(fig))
 
 
 @pytest.mark.parametrize("n,k,channels", [(1, 2, 1), (12, 100, 3)])

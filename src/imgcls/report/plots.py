@@ -231,7 +231,7 @@ def top_losses_figure(
         colors.append(WRONG if pred != true else "black")
         if heatmaps is not None:
             picture = Image.fromarray(np.ascontiguousarray(to_display(images[i])))
-            cells.append(torch.from_numpy(np.asarray(overlay(picture, heatmaps[i].numpy()))).permute(2, 0, 1))
+            cells.append(torch.from_numpy(np.array(overlay(picture, heatmaps[i].numpy()))).permute(2, 0, 1))  # a copy: PIL's buffer is read-only
             titles.append(f"where it looked\nfor {short(classes[pred], 10)}\n")
             colors.append("black")
     why = "; beside each, where the model looked for its prediction (Grad-CAM or occlusion)" if heatmaps is not None else ""
