@@ -1,5 +1,6 @@
 import gzip
 import hashlib
+import json
 import pickle
 import struct
 import tarfile
@@ -10,7 +11,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchvision.datasets import CIFAR10, MNIST
+from torchvision.transforms.v2.functional import resize
 
 from imgcls.data import load_dataset
 from imgcls.data.core import stratified_split
@@ -151,6 +154,38 @@ def test_cifar2_keeps_airplanes_and_birds_as_0_and_1(tiny_cifar):
     birds = full.test.images[full.test.labels == 2]
     assert torch.equal(two.test.images[two.test.labels == 1], birds)
     assert len(two.train) + len(two.val) == 20  # 2 of every 10 training images
+
+
+def test_image_size_resizes_a_named_dataset_once_into_the_cache(tiny_cifar, tmp_path):
+    native = load_dataset("cifar10", data_dir=tiny_cifar)
+    big = load_dataset("cifar10", data_dir=tiny_cifar, image_size=48)
+    assert big.shape == (3, 48, 48) and big.classes == native.classes
+    for split in ("train", "val", "test"):  # the same images in the same splits, each resized (antialiased)
+        a, b = getattr(native, split), getattr(big, split)
+        assert torch.equal(a.labels, b.labels)
+        assert torch.equal(b.images, resize(a.images, [48, 48], antialias=True))
+    entries = sorted((tmp_path / "cache").glob("*.u8"))
+    again = load_dataset("cifar10", data_dir=tiny_cifar, image_size=48)  # mapped from the cache, not resized again
+    assert sorted((tmp_path / "cache").glob("*.u8")) == entries and torch.equal(again.test.images, big.test.images)
+    assert load_dataset("cifar10", data_dir=tiny_cifar, image_size=32).shape == (3, 32, 32)  # its own size: no copy
+    assert sorted((tmp_path / "cache").glob("*.u8")) == entries
+
+
+def test_a_named_dataset_trains_evaluates_and_predicts_at_another_size(capsys, tmp_path):
+    from conftest import run_cli
+
+    code, out, err = run_cli(capsys, "train", "--data", "mnist-sample", "--image-size", "16", "--model", "cnn", "--epochs", "2", "--out", "r")
+    assert code == 0, err
+    assert "1x16x16" in out and json.loads((tmp_path / "r" / "config.json").read_text())["image_size"] == 16
+    code, out, err = run_cli(capsys, "evaluate", "r")
+    assert code == 0, err
+    accuracy = json.loads((tmp_path / "r" / "evaluation_test.json").read_text())["accuracy"]
+    assert accuracy == pytest.approx(json.loads((tmp_path / "r" / "summary.json").read_text())["test_accuracy"], abs=1e-6) and accuracy > 0.8
+    digit = load_dataset("mnist-sample").test  # a 28 px digit, as a user's file would be: predict resizes it to the model's 16 px
+    Image.fromarray(digit.images[0, 0].numpy()).save(tmp_path / "digit.png")
+    code, out, err = run_cli(capsys, "predict", "r", "digit.png")
+    assert code == 0, err
+    assert f"digit.png  {digit.labels[0].item()}" in out
 
 
 def test_cifar10_missing_offline_says_how_to_provide_it(tmp_path):

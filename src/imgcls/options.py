@@ -93,7 +93,8 @@ class TrainConfig:
     val_fraction: float = opt(0.1, "part of train held out for validation when there is no val split [0.1]", metavar="F",
                               limit=(float, lambda v: 0 < v < 1, "between 0 and 1"))  # fmt: skip
     image_size: int | None = opt(
-        help="resize folder images to this square size [their own size if all share one up to 256 px, else 128 on a CPU, 224 on a GPU]",
+        help="resize the images to this square size, once, into the cache [named datasets: their own size; folders: their own "
+        "if all share one up to 256 px, else 128 on a CPU, 224 on a GPU]",
         metavar="PX", limit=(int, lambda v: 1 <= v <= MAX_SIDE, f"between 1 and {MAX_SIDE:,} (the {MAX_PIXELS // 10**6}-megapixel decode limit)"),
     )  # fmt: skip
     image_root: str | None = opt(help="a table's (--data FILE.csv) image paths are relative to this folder [the table's folder]",

@@ -101,7 +101,7 @@ def load_dataset(
     folders whose images have mixed or large sizes, when image_size is None.
     """
     if spec in DATASETS:
-        return load_named(DATASETS[spec], resolve_data_dir(data_dir), seed, val_fraction)
+        return load_named(DATASETS[spec], resolve_data_dir(data_dir), seed, val_fraction, image_size)
     if is_python_data(spec):
         raise ImgclsError(
             f"the run trained on a Python dataset ({spec.removeprefix(PYTHON)}), which only Python can hand over: pass it "
@@ -171,11 +171,40 @@ def _stored(info: DatasetInfo, root: Path) -> mapped.Stored:
     return mapped.in_memory(rows, shape, meta)
 
 
-def load_named(info: DatasetInfo, root: Path, seed: int, val_fraction: float) -> Dataset:
-    """A named dataset with a validation split held out of its training images, each split a slice of the cache's mapping.
-    Under a lock, so that torchrun's workers load (and download) it once."""
+def _resized(stored: mapped.Stored, name: str, side: int) -> mapped.Stored:
+    """The entry's images resized to side x side (antialiased, as folders are decoded), cached beside it: resized once,
+    then mapped like the original, so that a pretrained backbone's 224 px or a GAN's 64 px costs nothing per batch."""
+    key = mapped.cache_key("resized", stored.key, side)
+    resized = mapped.load(key, f"{name} at {side} px") if stored.key else None
+    if resized is not None:
+        return resized
+    from torchvision.transforms.v2.functional import resize  # imported on use: torchvision adds seconds to every start-up
+
+    channels, n = stored.images.shape[1], len(stored.images)
+    LOG.info(f"resizing {name} to {side}x{side} once into the cache ({n * channels * side * side / 1e6:,.0f} MB)")
+    step = max(1, mapped.COPY_BYTES // (channels * side * side))
+
+    def chunks():
+        for i in range(0, n, step):
+            yield resize(stored.images[i : i + step], [side, side], antialias=True).numpy(), stored.ids[i : i + step]
+
+    meta = {k: v for k, v in stored.meta.items() if k not in ("file", "shape", "digest")}
+    try:
+        if stored.key:
+            return mapped.save(key, chunks(), (channels, side, side), n, meta)
+    except WriteFailed as e:
+        LOG.warning(f"could not cache {name} at {side} px, going on without: {e} (or set IMGCLS_CACHE to another folder)")
+    return mapped.in_memory(chunks(), (channels, side, side), meta)
+
+
+def load_named(info: DatasetInfo, root: Path, seed: int, val_fraction: float, image_size: int | None = None) -> Dataset:
+    """A named dataset with a validation split held out of its training images, each split a slice of the cache's mapping;
+    with `image_size`, its images resized to that square side. Under a lock, so that torchrun's workers load (and
+    download) it once."""
     with mapped.locked(mapped.cache_key("named", info.name, str(root.resolve())), info.name):
         stored = _stored(info, root)
+        if image_size and tuple(stored.images.shape[2:]) != (image_size, image_size):
+            stored = _resized(stored, info.name, image_size)
         labels = torch.tensor(stored.meta["labels"])
         n_train = stored.meta["train"]
         keep, val = hold_out_index(labels[:n_train], val_fraction, seed)
