@@ -17,9 +17,9 @@ from PIL import Image
 from conftest import SHARED_DATA, WeightsAtStart, api_train, make_folder, needs_shared_data, one_line_error, run_cli, save_checkpoint
 from imgcls.autoencode import train as ae_train
 from imgcls.autoencode.codes import encode
-from imgcls.autoencode.models import AutoEncoder
 from imgcls.autoencode.train import load_checkpoint, load_model
 from imgcls.data import load_dataset
+from imgcls.models.autoencoder import AutoEncoder
 
 QUICK = ["--epochs", "2"]
 

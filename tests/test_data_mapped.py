@@ -151,7 +151,9 @@ def test_a_folder_larger_than_the_memory_it_may_use_decodes_and_trains(tmp_path)
     env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
     args = ["train", "--data", str(root), "--image-size", str(side), "--model", "speednet", "--epochs", "1", "--batch-size", "8"]
     args += ["--no-augment", "--no-tta", "--out", "r"]
-    result = subprocess.run([sys.executable, "-c", CAPPED, str(budget), str(size), *args], capture_output=True, text=True, timeout=900, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", CAPPED, str(budget), str(size), *args], capture_output=True, text=True, timeout=900, env=env
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     [rows] = cache_files(tmp_path, ".u8")
     assert rows.stat().st_size == size

@@ -174,13 +174,17 @@ def test_image_size_resizes_a_named_dataset_once_into_the_cache(tiny_cifar, tmp_
 def test_a_named_dataset_trains_evaluates_and_predicts_at_another_size(capsys, tmp_path):
     from conftest import run_cli
 
-    code, out, err = run_cli(capsys, "train", "--data", "mnist-sample", "--image-size", "16", "--model", "cnn", "--epochs", "2", "--out", "r")
+    code, out, err = run_cli(
+        capsys, "train", "--data", "mnist-sample", "--image-size", "16", "--model", "cnn", "--epochs", "2", "--out", "r"
+    )
     assert code == 0, err
     assert "1x16x16" in out and json.loads((tmp_path / "r" / "config.json").read_text())["image_size"] == 16
     code, out, err = run_cli(capsys, "evaluate", "r")
     assert code == 0, err
     accuracy = json.loads((tmp_path / "r" / "evaluation_test.json").read_text())["accuracy"]
-    assert accuracy == pytest.approx(json.loads((tmp_path / "r" / "summary.json").read_text())["test_accuracy"], abs=1e-6) and accuracy > 0.8
+    assert (
+        accuracy == pytest.approx(json.loads((tmp_path / "r" / "summary.json").read_text())["test_accuracy"], abs=1e-6) and accuracy > 0.8
+    )
     digit = load_dataset("mnist-sample").test  # a 28 px digit, as a user's file would be: predict resizes it to the model's 16 px
     Image.fromarray(digit.images[0, 0].numpy()).save(tmp_path / "digit.png")
     code, out, err = run_cli(capsys, "predict", "r", "digit.png")

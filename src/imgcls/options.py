@@ -274,7 +274,9 @@ def options_from_file(path) -> dict:
     except (ValueError, yaml.YAMLError) as e:
         mark = getattr(e, "problem_mark", None)  # YAML's errors say what and where on several lines
         detail = f"{e.problem}, line {mark.line + 1}" if mark is not None else str(e).splitlines()[0]
-        raise ImgclsError(f"--config {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} ({detail}): fix the file") from None
+        raise ImgclsError(
+            f"--config {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'} ({detail}): fix the file"
+        ) from None
     if values is None:
         values = {}
     if not isinstance(values, dict):

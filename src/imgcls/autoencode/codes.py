@@ -5,9 +5,9 @@ from dataclasses import dataclass
 
 import torch
 
-from imgcls.autoencode.models import AutoEncoder
 from imgcls.data.augment import denormalize, prepare
 from imgcls.device import autocast
+from imgcls.models.autoencoder import AutoEncoder
 
 EVAL_BATCH = 1024
 

@@ -9,9 +9,9 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from imgcls.autoencode.codes import Encoded, decode, reconstruct
-from imgcls.autoencode.models import AutoEncoder
 from imgcls.data.core import Dataset
 from imgcls.files import printable, write_text
+from imgcls.models.autoencoder import AutoEncoder
 from imgcls.report import plots
 from imgcls.report.html import config_table, escape, image_tag, page, table
 from imgcls.report.interpret import sample_indices

@@ -17,7 +17,6 @@ import torch
 
 from imgcls import checkpoint
 from imgcls.autoencode.codes import EVAL_BATCH, encode, losses
-from imgcls.autoencode.models import AutoEncoder, default_latent_dim
 from imgcls.config import LIMITS, TrainConfig, check_limits
 from imgcls.data import dataset_name
 from imgcls.data.core import Dataset
@@ -27,6 +26,7 @@ from imgcls.errors import ImgclsError
 from imgcls.files import read_json, write_json
 from imgcls.interrupt import STOP_SIGNALS, CtrlC, Interrupted
 from imgcls.models import num_params
+from imgcls.models.autoencoder import AutoEncoder, default_latent_dim
 from imgcls.recipes import epochs_for
 from imgcls.rundir import lock_run, new_run_dir, read_split, write_rows
 from imgcls.training.run import load_run_data

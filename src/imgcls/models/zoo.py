@@ -5,6 +5,7 @@ from collections import OrderedDict
 
 import torch.nn as nn
 
+from imgcls.models.autoencoder import AENet
 from imgcls.models.registry import register_model
 from imgcls.models.torchvision_models import imagenet_source
 
@@ -78,6 +79,4 @@ def resnet18(in_shape, num_classes) -> nn.Module:
 
 @register_model("aenet", "`imgcls autoencode`'s encoder (strided conv-BN-ReLU > linear code) > linear head; --weights AE_RUN loads it")
 def aenet(in_shape, num_classes) -> nn.Module:
-    from imgcls.autoencode.models import AENet  # imported on use: that module builds on imgcls.models
-
     return AENet(in_shape, num_classes)

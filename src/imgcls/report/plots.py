@@ -231,7 +231,8 @@ def top_losses_figure(
         colors.append(WRONG if pred != true else "black")
         if heatmaps is not None:
             picture = Image.fromarray(np.ascontiguousarray(to_display(images[i])))
-            cells.append(torch.from_numpy(np.array(overlay(picture, heatmaps[i].numpy()))).permute(2, 0, 1))  # a copy: PIL's buffer is read-only
+            overlaid = np.array(overlay(picture, heatmaps[i].numpy()))  # a copy: PIL's buffer is read-only, which torch warns of
+            cells.append(torch.from_numpy(overlaid).permute(2, 0, 1))
             titles.append(f"where it looked\nfor {short(classes[pred], 10)}\n")
             colors.append("black")
     why = "; beside each, where the model looked for its prediction (Grad-CAM or occlusion)" if heatmaps is not None else ""

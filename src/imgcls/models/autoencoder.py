@@ -1,4 +1,4 @@
-"""Convolutional autoencoders (plain and variational) and `aenet`, the classifier whose encoder is theirs.
+"""Convolutional autoencoders (plain and variational, trained by `imgcls autoencode`) and `aenet`, the classifier whose encoder is theirs.
 
 The encoder halves the image with strided 3x3 conv-BN-ReLU blocks until its smaller side is at most 8 px, then maps the
 flattened map to the code with one linear layer (`code`; a VAE adds `logvar`). The decoder mirrors it with 4x4 stride-2
