@@ -31,16 +31,16 @@ def first_decode(spec: str) -> float:
 
 
 def scaling(items, fp, flips: bool) -> list[dict]:
-    from imgcls.data import health
+    from imgcls.data import duplicates
 
     rows = []
     for part in (8, 4, 2, 1):
         n = len(items) // part
-        sub = health.Items([items.take(torch.arange(n))], items.labels[:n], items.splits[:n], items.names[:n], items.from_files)
-        sub_fp = health.Fingerprints(*(t[:n] for t in fp))
+        sub = duplicates.Items([items.take(torch.arange(n))], items.labels[:n], items.splits[:n], items.names[:n], items.from_files)
+        sub_fp = duplicates.Fingerprints(*(t[:n] for t in fp))
         start = time.perf_counter()
-        with health.one_thread():
-            groups = health.find_duplicates(sub, sub_fp, flips)
+        with duplicates.one_thread():
+            groups = duplicates.find_duplicates(sub, sub_fp, flips)
         rows.append({"images": n, "seconds": round(time.perf_counter() - start, 2), "groups": len(groups)})
     return rows
 
@@ -48,10 +48,10 @@ def scaling(items, fp, flips: bool) -> list[dict]:
 def pairs_sheet(items, fp, flips: bool, path: str, count: int = 60) -> int:
     from matplotlib.figure import Figure
 
-    from imgcls.data import health
+    from imgcls.data import duplicates
 
-    with health.one_thread():
-        a, b = health.near_pairs(items, fp, torch.arange(len(items)), flips)
+    with duplicates.one_thread():
+        a, b = duplicates.near_pairs(items, fp, torch.arange(len(items)), flips)
     pick = torch.randperm(len(a), generator=torch.Generator().manual_seed(42))[:count]
     fig = Figure(figsize=(count // 3 * 0.9, 6 * 1.0))
     axes = fig.subplots(6, count // 3)
@@ -73,7 +73,7 @@ def main() -> None:
     p.add_argument("--pairs-sheet", metavar="PNG", help="draw 60 random confirmed near-duplicate pairs here")
     p.add_argument("--json", action="store_true", help="print the results as one JSON line too")
     args = p.parse_args()
-    from imgcls.data import health
+    from imgcls.data import duplicates, health
 
     result = {"data": args.data, "torch_threads": torch.get_num_threads(), "cpus": os.cpu_count()}
     result["first_decode_seconds"] = [round(first_decode(args.data), 2) for _ in range(args.repeats)]
@@ -87,10 +87,10 @@ def main() -> None:
     result["check_seconds"] = checks
     result["groups"] = len(h.groups)
     result["kinds"] = {kind: sum(h.kind(g) == kind for g in h.groups) for kind in ("duplicate", "leak", "conflict")}
-    result["test_with_a_copy_in_train"] = int(health.with_copy_in(h.groups, h.items, "test", "train").sum())
+    result["test_with_a_copy_in_train"] = int(duplicates.with_copy_in(h.groups, h.items, "test", "train").sum())
     print(f"{len(h.groups)} groups {result['kinds']}, {result['test_with_a_copy_in_train']} test images with a copy in train")
-    with health.one_thread():
-        fp = health.fingerprints(h.items)
+    with duplicates.one_thread():
+        fp = duplicates.fingerprints(h.items)
     result["scaling"] = scaling(h.items, fp, data.flips_ok)
     for row in result["scaling"]:
         print(f"duplicate search on {row['images']:,} images: {row['seconds']:.2f} s, {row['groups']} groups")

@@ -12,21 +12,9 @@ from PIL import Image, ImageDraw
 from conftest import one_line_error, run_cli
 from imgcls.data import load_dataset
 from imgcls.data.core import Dataset, Split
-from imgcls.data.health import (
-    Group,
-    Items,
-    check,
-    check_dataset,
-    components,
-    dedupe,
-    duplicate_file_groups,
-    find_duplicates,
-    fingerprints,
-    hamming_pairs,
-    label_issues,
-    popcount,
-    with_copy_in,
-)
+from imgcls.data.duplicates import Group, Items, components, dedupe, duplicate_file_groups, find_duplicates, fingerprints, with_copy_in
+from imgcls.data.health import check, check_dataset, label_issues
+from imgcls.data.near import hamming_pairs, popcount
 
 CLASSES = ("cat", "dog", "fox")
 

@@ -33,7 +33,7 @@ class Dataset:
     flips_ok: bool = True  # False for digits: a mirrored 2 is not a 2
     skipped: list[str] = field(default_factory=list)  # unreadable files, "path: reason"
     split_files: dict[str, list[str]] | None = None  # folder datasets: which file went where
-    dropped: list[dict] | None = None  # folder datasets under --dedupe: the files left out, and why (health.dedupe)
+    dropped: list[dict] | None = None  # folder datasets under --dedupe: the files left out, and why (duplicates.dedupe)
     resized_to: int | None = None  # folder datasets: the square side they were resized to for want of --image-size
     root: Path | None = None  # folder and table datasets: the folder their file names (split_files) are relative to
 

@@ -11,24 +11,10 @@ import torch
 import torch.nn.functional as F
 
 from imgcls.data.core import Dataset
-from imgcls.data.health import (
-    EXTREME_ASPECT,
-    IMBALANCE_WARNING,
-    MIRROR_CORRELATION,
-    NEAR_BITS,
-    NEAR_CORRELATION,
-    NEAR_MARGIN,
-    ODD_KINDS,
-    TINY,
-    ZOOMS,
-    Group,
-    Health,
-    LabelIssues,
-    check,
-    label_issues,
-    with_copy_in,
-)
+from imgcls.data.duplicates import Group, with_copy_in
+from imgcls.data.health import EXTREME_ASPECT, IMBALANCE_WARNING, ODD_KINDS, TINY, Health, LabelIssues, check, label_issues
 from imgcls.data.images import ImageReadError, check_size, decoding, load_image, open_image
+from imgcls.data.near import MIRROR_CORRELATION, NEAR_BITS, NEAR_CORRELATION, NEAR_MARGIN, ZOOMS
 from imgcls.files import write_json
 
 GROUPS_SHOWN = 12  # duplicate groups in a grid, one per row

@@ -16,7 +16,8 @@ import torch
 
 from imgcls.config import TrainConfig, fill_defaults
 from imgcls.data.core import Dataset, Split, channel_stats, stratified_split
-from imgcls.data.health import CrossValidated, Items, label_issues
+from imgcls.data.duplicates import Items
+from imgcls.data.health import CrossValidated, label_issues
 from imgcls.errors import ImgclsError
 from imgcls.evaluation import predict_logits
 from imgcls.training.trainer import Trainer

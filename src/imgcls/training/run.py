@@ -15,7 +15,7 @@ from imgcls import checkpoint, distributed, files
 from imgcls.config import MODEL_OPTIONS, TrainConfig, check, fill_defaults, saved_model_options
 from imgcls.data import dataset_name, load_dataset
 from imgcls.data.core import Dataset, as_label_sets, imbalance
-from imgcls.data.health import dedupe, dedupe_line
+from imgcls.data.duplicates import dedupe, dedupe_line
 from imgcls.data.hf import local, parse
 from imgcls.data.registry import HF, is_folder_spec, is_hf
 from imgcls.device import pick_device
