@@ -1,6 +1,6 @@
 """What `imgcls compare` (imgcls.compare) puts side by side: several runs' headline figures, the settings in which their
 config.json differ, their summaries, their per-class test figures over the union of their classes, and their epochs
-(the page itself is drawn by imgcls.report.compare)."""
+(the page itself is drawn by imgcls.experiments.compare_page)."""
 
 import json
 import os
@@ -131,7 +131,7 @@ def compare(runs, out: str | os.PathLike | None = None) -> Comparison:
     values differ, their summaries side by side and their per-class test accuracy (a multi-label run's per-label
     average precision) over the union of their classes. Returns the Comparison: `page`, `differing`, `rows` (the runs
     table's), `runs` (each run's config, summary and history) and `table()`, the text `imgcls compare` prints."""
-    from imgcls.report.compare import write_page
+    from imgcls.experiments.compare_page import write_page
 
     found = gather(runs)
     found.page = write_page(found, Path(out if out is not None else DEFAULT_PAGE).expanduser())

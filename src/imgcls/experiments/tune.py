@@ -252,7 +252,7 @@ def _same_study(study, settings: dict) -> None:
 
 def _write(result: Tuned, given: dict | None = None) -> Tuned:
     """The report page; at the end (given), also the best trial, its options and config file."""
-    from imgcls.report.tune import trial_rows, write_tune_report
+    from imgcls.experiments.tune_page import trial_rows, write_tune_report
 
     result.trials = trial_rows(result.study)
     result.report = write_tune_report(result.study, result.trials, result.dir, result.space, result.objective)

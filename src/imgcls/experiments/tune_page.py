@@ -8,6 +8,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
+from imgcls.experiments.space import describe
 from imgcls.files import write_text
 from imgcls.report import plots
 from imgcls.report.html import escape, image_tag, page, table
@@ -76,8 +77,6 @@ def _importances(study) -> tuple[dict | None, str]:
 
 def write_tune_report(study, rows: list[dict], out: Path, space: dict, objective: str) -> Path:
     """tune.html from the study and its trial_rows."""
-    from imgcls.experiments.space import describe
-
     names = list(space)
     header = ["trial", "state", objective.replace("_", " "), *names, "test accuracy", "epochs", "seconds", "run"]
 
