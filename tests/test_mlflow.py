@@ -3,6 +3,7 @@ MlflowClient, and in local stores (the default SQLite file, a file store); the e
 and of mlflow not installed."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -185,3 +186,22 @@ def test_a_tracked_run_logs_its_files_and_export(tracked, tmp_path):
     for name in ("summary.json", "best.onnx"):
         copy = client.download_artifacts(run_id, name, str(tmp_path))
         assert (tmp_path / name).read_bytes() == (run_dir / name).read_bytes(), copy
+
+
+@pytest.mark.slow  # two training processes under torchrun: 20 s
+def test_a_run_on_two_processes_is_one_mlflow_run_logged_by_rank_0(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    command = [sys.executable, "-m", "imgcls", "train", "--nproc", "2", "--model", "mlp", "--epochs", "2", "--device", "cpu", "--no-report"]
+    result = subprocess.run([*command, "--out", "run", "--mlflow", store, "--mlflow-experiment", "ddp"], capture_output=True, text=True,
+                            env=env, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    client = MlflowClient(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("ddp").experiment_id])  # rank 1 started none
+    assert run.info.run_id == json.loads((tmp_path / "run" / "mlflow.json").read_text())["run_id"] and run.info.status == "FINISHED"
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    history = client.get_metric_history(run.info.run_id, "val_acc")
+    assert [(m.step, m.value) for m in history] == [
+        (row["epoch"], pytest.approx(row["val_acc"], rel=1e-5)) for row in rows
+    ]  # each epoch once
+    assert len(rows) == 2 and result.stdout.count("MLflow run") == 1
