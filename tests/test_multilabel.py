@@ -97,7 +97,27 @@ def test_predict_evaluate_export_and_serve_give_label_sets(trained, tmp_path, ca
     report = (trained / "report.html").read_text()
     assert "best val mAP" in report
     assert "Average precision of each label" in report and "Most confused label pairs" in report
-    assert all((trained / name).is_file() for name in ("per_label_ap.png", "pr_curves.png", "samples.png"))
+    assert all((trained / name).is_file() for name in ("per_label_ap.png", "pr_curves.png", "samples.png", "top_losses.png"))
+    assert "Top losses" in report
+
+
+def test_the_top_losses_are_the_images_most_wrong_each_with_the_label_it_is_most_wrong_about():
+    from imgcls import multilabel
+    from imgcls.report.multilabel import top_losses, top_losses_figure
+
+    targets = torch.tensor([[1, 0, 0], [0, 1, 1], [1, 1, 0], [0, 0, 1]])
+    logits = torch.tensor([[4.0, -4, -4], [-4, 4, -6], [4, 4, 5], [-4, -4, 3]])  # 1 misses blue, 2 gives blue, worse
+    result = multilabel.metrics(logits, targets, list(LABELS))
+    index, losses, worst = top_losses(result, k=2)
+    assert index.tolist() == [1, 2] and worst.tolist() == [2, 2] and losses[0] > losses[1] > 1.0
+    images = torch.randint(0, 256, (4, 3, 24, 24), dtype=torch.uint8)
+    fig = top_losses_figure(images, result, list(LABELS), heatmaps=torch.rand(2, 24, 24), k=2)
+    texts = [t.get_text() for t in fig.axes[0].texts]  # the heading, then each cell's title
+    assert "where the model looked for the label it is most wrong about" in texts[0]
+    assert texts[1:] == [
+        "true green+blue\npred green\nloss " + f"{losses[0]:.2f}", f"where it looked for\nblue ({torch.sigmoid(torch.tensor(-6.0)):.2f})\nmissed",
+        "true red+green\npred red+green+blue\nloss " + f"{losses[1]:.2f}", f"where it looked for\nblue ({torch.sigmoid(torch.tensor(5.0)):.2f})\nnot there",
+    ]  # fmt: skip
 
 
 def test_wide_tables_name_their_label_columns_or_take_every_other_column(tmp_path):

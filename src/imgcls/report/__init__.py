@@ -61,7 +61,7 @@ def write_report(
         from imgcls.report import multilabel as report
 
         result = multilabel.metrics(logits, labels, classes, summary.get("thresholds"))
-        return report.write_report(run_dir, classes, images, result, history, config, summary)
+        return report.write_report(run_dir, classes, images, result, history, config, summary, predictor)
     labels, log_probs = labels.cpu(), logits.detach().float().cpu().log_softmax(1)
     probs = log_probs.exp()
     predictions = probs.argmax(1)
@@ -128,13 +128,14 @@ def report_run(run: str | Path, data_dir: str | None = None, device: str = "auto
     _, data, result = evaluate_checkpoint(run_dir / "best.pt", data_dir=data_dir, device=device, batch_size=batch_size)
     val = None if data.multi_label else evaluate_checkpoint(run_dir / "best.pt", data_dir=data_dir, split="val", device=device,
                                                             batch_size=batch_size)[2].logits  # fmt: skip
+    predictor = Predictor.from_checkpoint(run_dir / "best.pt", device)
     if data.multi_label:
         from imgcls.report import multilabel as report
 
         return report.write_report(run_dir, data.classes, data.test.images, result, read_metrics(run_dir / "metrics.csv"),
-                                   _read_optional(run_dir / "config.json"), _read_optional(run_dir / "summary.json"))  # fmt: skip
+                                   _read_optional(run_dir / "config.json"), _read_optional(run_dir / "summary.json"), predictor)  # fmt: skip
     return write_report(run_dir, data.classes, data.test.images, data.test.labels, result.logits, data=data, val_logits=val,
-                        predictor=Predictor.from_checkpoint(run_dir / "best.pt", device))  # fmt: skip
+                        predictor=predictor)  # fmt: skip
 
 
 def format_class_counts(data: Dataset) -> str:

@@ -4,6 +4,7 @@ confused, and test images with their true and predicted label sets; report.html 
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from imgcls import multilabel
@@ -16,8 +17,10 @@ PLOTS = {
     "per_label_ap.png": "Average precision of each label (test set)",
     "pr_curves.png": "Precision-recall curves (test set; the dot: each label's threshold)",
     "samples.png": "Test samples: true and predicted label sets",
+    "top_losses.png": "Top losses: the test images whose labels the model got most wrong, and where it looked",
 }
 SAMPLES = 24
+TOP_LOSSES = 12  # images in top_losses.png
 CURVES_SHOWN = 12  # labels drawn in the precision-recall figure, the most frequent first
 
 
@@ -68,13 +71,62 @@ def samples_figure(images: torch.Tensor, result: multilabel.MultiLabelResult, cl
     )
 
 
+def top_losses(result: multilabel.MultiLabelResult, k: int = TOP_LOSSES) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The k images with the highest loss (binary cross-entropy summed over the labels), highest first: their indices,
+    losses, and the label each is most wrong about (a label it missed, or one it gave that is not there)."""
+    per_label = F.binary_cross_entropy_with_logits(result.logits.float(), result.targets.float(), reduction="none").cpu()
+    losses, index = per_label.sum(1).topk(min(k, len(per_label)))
+    return index, losses, per_label[index].argmax(1)
+
+
+def top_losses_figure(
+    images: torch.Tensor, result: multilabel.MultiLabelResult, classes: list[str], heatmaps: torch.Tensor | None = None, k: int = TOP_LOSSES
+) -> Figure:  # fmt: skip
+    """fastai's plot_top_losses for label sets: the worst test images with their true and predicted sets and loss, and
+    the label each is most wrong about with its probability; with `heatmaps` (one per image, for that label), each is
+    followed by where the model looked for it."""
+    index, losses, worst = top_losses(result, k)
+    probs, targets = result.logits.float().sigmoid().cpu(), result.targets.cpu()
+    truth = multilabel.label_sets(targets[index], classes)
+    decided = multilabel.label_sets(result.decisions()[index].cpu(), classes)
+    cells, titles, colors = [], [], []
+    for n, (i, loss, j) in enumerate(zip(index.tolist(), losses.tolist(), worst.tolist())):
+        why = "missed" if targets[i, j] else "not there"
+        cells.append(images[i])
+        titles.append(f"true {plots.short(truth[n], 18)}\npred {plots.short(decided[n], 18)}\nloss {loss:.2f}")
+        colors.append("black" if truth[n] == decided[n] else plots.WRONG)
+        if heatmaps is not None:
+            cells.append(plots.heatmap_cell(images[i], heatmaps[n]))
+            titles.append(f"where it looked for\n{plots.short(classes[j], 12)} ({probs[i, j]:.2f})\n{why}")
+            colors.append("black")
+    beside = (
+        "; beside each, where the model looked for the label it is most wrong about (Grad-CAM or occlusion)" if heatmaps is not None else ""
+    )
+    return plots.image_grid_figure(
+        cells, titles, colors, f"Top losses: true and predicted label sets (red: not the same set), loss{beside}"
+    )
+
+
+def _heatmaps(predictor, images: torch.Tensor, result: multilabel.MultiLabelResult) -> torch.Tensor | None:
+    """Where the model looked in each top-loss image, for the label it is most wrong about; None without a predictor."""
+    from imgcls.explain import heatmaps
+
+    if predictor is None or len(images) == 0:
+        return None
+    index, _, worst = top_losses(result)
+    return heatmaps(predictor, images[index], worst.tolist())
+
+
 def write_report(run_dir: Path, classes: list[str], images: torch.Tensor, result: multilabel.MultiLabelResult, history, config: dict,
-                 summary: dict) -> Path:  # fmt: skip
+                 summary: dict, predictor=None) -> Path:  # fmt: skip
+    """A multi-label run's plots and report.html; `predictor` (an imgcls.inference.Predictor of the model) adds where
+    the model looked to the top losses."""
     figures = {
         "curves.png": lambda: plots.curves_figure(history),
         "per_label_ap.png": lambda: per_label_ap_figure(result, classes),
         "pr_curves.png": lambda: pr_curves_figure(result, classes),
         "samples.png": lambda: samples_figure(images, result, classes),
+        "top_losses.png": lambda: top_losses_figure(images, result, classes, _heatmaps(predictor, images, result)),
     }
     for name, figure in figures.items():
         plots.save(figure(), run_dir / name)

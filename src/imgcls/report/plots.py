@@ -215,14 +215,21 @@ def samples_figure(images: torch.Tensor, labels: torch.Tensor, predictions: torc
     return image_grid_figure(images, titles, colors, "Test images: true and predicted class (wrong ones in red, marked ✗)")
 
 
+def heatmap_cell(image: torch.Tensor, heatmap: torch.Tensor) -> torch.Tensor:
+    """A uint8 C x H x W image with its heatmap (in [0, 1]) laid over it, as a grid cell."""
+    from imgcls.explain import overlay
+
+    picture = Image.fromarray(np.ascontiguousarray(to_display(image)))
+    overlaid = np.array(overlay(picture, heatmap.numpy()))  # a copy: PIL's buffer is read-only, which torch warns of
+    return torch.from_numpy(overlaid).permute(2, 0, 1)
+
+
 def top_losses_figure(
     images: torch.Tensor, labels: torch.Tensor, probs: torch.Tensor, losses: torch.Tensor, classes: Sequence[str],
     heatmaps: torch.Tensor | None = None,
 ) -> Figure:  # fmt: skip
     """fastai's plot_top_losses: prediction, true class, loss and probabilities of the worst test images; with
     `heatmaps` (in [0, 1], one per image), each image is followed by where the model looked for its prediction."""
-    from imgcls.explain import overlay
-
     cells, titles, colors = [], [], []
     for i, (true, p, loss) in enumerate(zip(labels.tolist(), probs, losses.tolist())):
         pred = int(p.argmax())
@@ -230,9 +237,7 @@ def top_losses_figure(
         titles.append(f"pred {short(classes[pred], 10)} ({p[pred]:.2f})\ntrue {short(classes[true], 10)} ({p[true]:.2f})\nloss {loss:.2f}")
         colors.append(WRONG if pred != true else "black")
         if heatmaps is not None:
-            picture = Image.fromarray(np.ascontiguousarray(to_display(images[i])))
-            overlaid = np.array(overlay(picture, heatmaps[i].numpy()))  # a copy: PIL's buffer is read-only, which torch warns of
-            cells.append(torch.from_numpy(overlaid).permute(2, 0, 1))
+            cells.append(heatmap_cell(images[i], heatmaps[i]))
             titles.append(f"where it looked\nfor {short(classes[pred], 10)}\n")
             colors.append("black")
     why = "; beside each, where the model looked for its prediction (Grad-CAM or occlusion)" if heatmaps is not None else ""
