@@ -60,6 +60,23 @@ def test_a_cache_that_cannot_be_written_warns_and_training_goes_on(tmp_path, mon
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.suffix != ".lock"]
 
 
+def test_images_that_neither_the_cache_nor_memory_hold_are_one_line_before_decoding(tmp_path, monkeypatch, capsys):
+    from imgcls.data import mapped
+
+    root = make_folder(tmp_path / "shapes", per_class=10)
+
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", no_space)
+    monkeypatch.setattr(mapped, "available_memory", lambda: 20 * 3 * 64 * 64 - 1)  # a byte short of the 20 images at 64 px
+    for data in (str(root), "mnist-sample"):  # a folder decoded, a named dataset resized
+        assert main(["train", "--data", data, "--image-size", "64", "--epochs", "1", "--out", "r"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("imgcls: error: the decoded images take ") and "GB of memory free: use a smaller --image-size" in err
+    assert main(["train", "--data", str(root), "--image-size", "32", "--epochs", "1", "--model", "mlp", "--out", "r"]) == 0  # 32 px fits
+
+
 def test_a_run_folder_in_use_is_refused_with_the_holders_pid(tmp_path, capsys):
     (tmp_path / "r").mkdir()
     holder = subprocess.Popen(

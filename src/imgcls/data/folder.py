@@ -286,7 +286,8 @@ def _batched(rels: list[str], size: int) -> list[list[str]]:
 def decode(root: Path, rels: list[str], channels: int | None, image_size: int | None, default_size: int = DEFAULT_SIZE) -> mapped.Stored:
     """Decode files into memory (a cache folder that cannot be written); unreadable ones are listed in meta["skipped"]."""
     p = plan(root, rels, channels, image_size, default_size)
-    return _found(root, mapped.in_memory(decoded_rows(root, p), (p.channels, *p.size), {"skipped": p.skipped, "resized_to": p.resized_to}))
+    meta = {"skipped": p.skipped, "resized_to": p.resized_to}
+    return _found(root, mapped.in_memory(decoded_rows(root, p), (p.channels, *p.size), meta, most=len(p.names)))
 
 
 def _found(root: Path, stored: mapped.Stored) -> mapped.Stored:

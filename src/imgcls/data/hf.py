@@ -160,7 +160,7 @@ def _decode(splits: dict, image: str, label: str, key: str, spec: str, channels,
         return mapped.save(key, rows(), (channels, *size), len(headers), meta)
     except WriteFailed as e:
         LOG.warning(f"could not cache {spec}, going on without: {e} (or set IMGCLS_CACHE to another folder)")
-        return mapped.in_memory(rows(), (channels, *size), meta)
+        return mapped.in_memory(rows(), (channels, *size), meta, most=len(headers))
 
 
 def _source(cell: dict):

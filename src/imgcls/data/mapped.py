@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from imgcls.errors import ImgclsError
 from imgcls.files import WriteFailed, atomic_write, locked_file, printable, remove_stale_temporaries, temporary_name
 from imgcls.paths import cache_dir
 
@@ -182,8 +183,25 @@ def _write_data(key: str, rows: Iterable[np.ndarray], most: int, name: Callable[
     return final, check
 
 
-def in_memory(chunks: Iterable[tuple[np.ndarray, list]], shape: tuple[int, int, int], meta: dict) -> Stored:
-    """The same, held in memory: for a cache folder that cannot be written."""
+def available_memory() -> int | None:
+    """Bytes of memory that can be allocated without swapping (Linux's MemAvailable); None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+
+
+def in_memory(chunks: Iterable[tuple[np.ndarray, list]], shape: tuple[int, int, int], meta: dict, most: int | None = None) -> Stored:
+    """The same, held in memory: for a cache folder that cannot be written. With `most`, an upper bound on the rows,
+    images that memory cannot hold either are refused before the first is decoded, rather than left to the kernel's
+    out-of-memory killer."""
+    need, free = (most or 0) * int(np.prod(shape)), available_memory()
+    if free is not None and need > free:
+        raise ImgclsError(
+            f"the decoded images take {need / 1e9:,.1f} GB: more than the cache folder {cache_dir()} could take, and more than the "
+            f"{free / 1e9:,.1f} GB of memory free: use a smaller --image-size, or set IMGCLS_CACHE to a folder on a larger disk"
+        )
     parts = list(chunks)
     images = np.concatenate([p for p, _ in parts]) if parts else np.zeros((0, *shape), np.uint8)
     return Stored(torch.from_numpy(images), [i for _, ids in parts for i in ids], meta, mapped=False)

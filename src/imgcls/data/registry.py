@@ -194,7 +194,7 @@ def _resized(stored: mapped.Stored, name: str, side: int) -> mapped.Stored:
             return mapped.save(key, chunks(), (channels, side, side), n, meta)
     except WriteFailed as e:
         LOG.warning(f"could not cache {name} at {side} px, going on without: {e} (or set IMGCLS_CACHE to another folder)")
-    return mapped.in_memory(chunks(), (channels, side, side), meta)
+    return mapped.in_memory(chunks(), (channels, side, side), meta, most=n)
 
 
 def load_named(info: DatasetInfo, root: Path, seed: int, val_fraction: float, image_size: int | None = None) -> Dataset:
