@@ -207,17 +207,6 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
-    def augmentation(self):
-        """The batch augmentation these settings ask for (imgcls.data.augment.Augment)."""
-        from imgcls.data.augment import Augment
-
-        if not self.augment:
-            return Augment()
-        return Augment(
-            crop_padding=self.crop_padding or 0, pad_mode=self.pad_mode or "zeros", flip=bool(self.flip), rotate=self.rotate or 0.0, crop_scale=self.crop_scale or 1.0,
-            alternate_flips=bool(self.alternate_flips), auto_augment=self.auto_augment or "none",
-        )  # fmt: skip
-
     def class_names(self) -> list[str] | None:
         """--classes as a list: given comma-separated on the command line, or as a list from Python."""
         if self.classes is None:

@@ -24,6 +24,17 @@ class Augment:
     crop_scale: float = 1.0  # smallest area fraction of a random resized crop; 1.0 = off
     auto_augment: str = "none"  # torchvision's TrivialAugmentWide ("trivial") or RandAugment ("rand") on uint8 images
 
+    @classmethod
+    def of(cls, cfg) -> "Augment":
+        """The batch augmentation a TrainConfig asks for (none with augment off); the options it reads are its fields'
+        namesakes, unset ones (None) off."""
+        if not cfg.augment:
+            return cls()
+        return cls(
+            crop_padding=cfg.crop_padding or 0, pad_mode=cfg.pad_mode or "zeros", flip=bool(cfg.flip), rotate=cfg.rotate or 0.0, crop_scale=cfg.crop_scale or 1.0,
+            alternate_flips=bool(cfg.alternate_flips), auto_augment=cfg.auto_augment or "none",
+        )  # fmt: skip
+
     @property
     def active(self) -> bool:
         return self.crop_padding > 0 or self.flip or self.rotate > 0 or self.crop_scale < 1 or self.auto_augment != "none"

@@ -14,6 +14,7 @@ import torch.nn as nn
 from imgcls import checkpoint, distributed, files
 from imgcls.config import MODEL_OPTIONS, TrainConfig, check, fill_defaults, saved_model_options
 from imgcls.data import dataset_name, load_dataset
+from imgcls.data.augment import Augment
 from imgcls.data.core import Dataset, as_label_sets, imbalance
 from imgcls.data.duplicates import dedupe, dedupe_line
 from imgcls.data.hf import local, parse
@@ -43,7 +44,7 @@ def describe(cfg: TrainConfig, data: Dataset, trainer: Trainer) -> str:
         f"{' (AMP ' + str(trainer.amp).removeprefix('torch.') + ')' if trainer.amp else ''}{', compiled' if cfg.compile else ''}\n"
         f"recipe {cfg.recipe}: {cfg.optimizer} lr {cfg.lr:g}{f' (filters {cfg.muon_lr:g})' if cfg.optimizer == 'muon' else ''} wd {cfg.weight_decay:g}, {cfg.schedule} schedule, batch {cfg.batch_size}, "
         f"{cfg.epochs} epoch{'s' * (cfg.epochs != 1)}, label smoothing {cfg.label_smoothing:g}{f', gradient norm clipped to {cfg.clip_grad:g}' if cfg.clip_grad else ''}, "
-        f"augment: {cfg.augmentation().describe()}{f', MixUp {cfg.mixup:g}' if cfg.mixup else ''}{f', CutMix {cfg.cutmix:g}' if cfg.cutmix else ''}"
+        f"augment: {Augment.of(cfg).describe()}{f', MixUp {cfg.mixup:g}' if cfg.mixup else ''}{f', CutMix {cfg.cutmix:g}' if cfg.cutmix else ''}"
         f"{f', balance {cfg.balance}' if cfg.balance != 'none' else ''}"
         f"{', flip TTA' if cfg.tta else ''}{f', shift TTA ±{cfg.tta_shift}' if cfg.tta_shift else ''}{f', EMA {cfg.ema:g}' if cfg.ema else ''}"
     )

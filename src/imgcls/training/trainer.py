@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from imgcls import checkpoint, distributed
 from imgcls.config import TrainConfig
-from imgcls.data.augment import mix_rows, prepare
+from imgcls.data.augment import Augment, mix_rows, prepare
 from imgcls.data.core import Dataset, Split
 from imgcls.device import amp_dtype, autocast, pick_device, use_channels_last
 from imgcls.errors import ImgclsError
@@ -113,7 +113,7 @@ class Trainer:
         self.steps_per_epoch = batches_per_epoch(len(data.train), cfg.batch_size, self.group.world)
         self.scheduler, self.schedule_per_step = make_schedule(cfg, self.optimizer, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == torch.float16)
-        self.augment = cfg.augmentation()
+        self.augment = Augment.of(cfg)
         self.mix = batch_mix(cfg, data.num_classes, data.multi_label)
         # Each rank augments its shard with its own draws; rank 0's are a single process's.
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed + self.group.rank * 1_000_003)
