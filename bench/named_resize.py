@@ -46,7 +46,9 @@ def main(argv=None) -> int:
     print(f"native load into the cache  {native_cold:7.2f} s")
     print(f"resize into the cache       {resize_cold:7.2f} s  ({images / resize_cold:,.0f} images/s)")
     print(f"warm load, native           {native_warm:7.3f} s")
-    print(f"warm load, resized          {resized_warm:7.3f} s  ({resized_warm / native_warm:.1f}x native, {resize_cold / resized_warm:.0f}x faster than resizing)")
+    print(
+        f"warm load, resized          {resized_warm:7.3f} s  ({resized_warm / native_warm:.1f}x native, {resize_cold / resized_warm:.0f}x faster than resizing)"
+    )
     return 0
 
 
