@@ -22,7 +22,6 @@ from imgcls.data.core import Dataset, Split, channel_stats, hold_out_index, stra
 from imgcls.data.folder import TEST_FRACTION, _target_size
 from imgcls.data.images import ImageReadError, decoding, is_grey, load_image
 from imgcls.errors import ImgclsError, missing_extra
-from imgcls.files import WriteFailed
 
 LOG = logging.getLogger(__name__)
 SPLITS = {"train": "train", "validation": "val", "valid": "val", "val": "val", "test": "test"}
@@ -156,11 +155,7 @@ def _decode(splits: dict, image: str, label: str, key: str, spec: str, channels,
                 if ids:
                     yield np.stack(pixels), ids
 
-    try:
-        return mapped.save(key, rows(), (channels, *size), len(headers), meta)
-    except WriteFailed as e:
-        LOG.warning(f"could not cache {spec}, going on without: {e} (or set IMGCLS_CACHE to another folder)")
-        return mapped.in_memory(rows(), (channels, *size), meta, most=len(headers))
+    return mapped.cached(key, rows, (channels, *size), len(headers), meta, spec)
 
 
 def _source(cell: dict):

@@ -207,6 +207,19 @@ def in_memory(chunks: Iterable[tuple[np.ndarray, list]], shape: tuple[int, int, 
     return Stored(torch.from_numpy(images), [i for _, ids in parts for i in ids], meta, mapped=False)
 
 
+def cached(key: str | None, chunks: Callable[[], Iterable[tuple[np.ndarray, list]]], shape: tuple[int, int, int], most: int,
+           meta: dict, what: str) -> Stored:  # fmt: skip
+    """save() the chunks into the cache, or, where it cannot take them (or without a key), hold them in memory
+    (in_memory: refused when memory cannot hold them either) with a line saying so. `chunks` is called again for
+    that, since a failed write has consumed some."""
+    if key is not None:
+        try:
+            return save(key, chunks(), shape, most, meta)
+        except WriteFailed as e:
+            LOG.warning(f"could not cache {what}, going on without: {e} (or set IMGCLS_CACHE to another folder)")
+    return in_memory(chunks(), shape, meta, most)
+
+
 def _gathered(images: torch.Tensor, rows: torch.Tensor) -> Iterator[np.ndarray]:
     step = max(1, COPY_BYTES // max(1, images[0].numel()))
     for start in range(0, len(rows), step):

@@ -11,7 +11,6 @@ import torch
 from imgcls.data import mapped
 from imgcls.data.core import Dataset, Split, hold_out_index
 from imgcls.errors import ImgclsError
-from imgcls.files import WriteFailed
 from imgcls.paths import data_dir as resolve_data_dir
 
 LOG = logging.getLogger(__name__)
@@ -162,20 +161,14 @@ def _stored(info: DatasetInfo, root: Path) -> mapped.Stored:
             "flips_ok": src.flips_ok}  # fmt: skip
     shape = tuple(src.train.images.shape[1:])
     rows = [(split.images.numpy(), list(range(start, start + len(split)))) for split, start in ((src.train, 0), (src.test, len(src.train)))]
-    key = _named_key(info, root)
-    try:
-        if key is not None:
-            return mapped.save(key, rows, shape, len(labels), meta)
-    except WriteFailed as e:
-        LOG.warning(f"could not cache {info.name}, going on without: {e} (or set IMGCLS_CACHE to another folder)")
-    return mapped.in_memory(rows, shape, meta)
+    return mapped.cached(_named_key(info, root), lambda: rows, shape, len(labels), meta, info.name)
 
 
 def _resized(stored: mapped.Stored, name: str, side: int) -> mapped.Stored:
     """The entry's images resized to side x side (antialiased, as folders are decoded), cached beside it: resized once,
     then mapped like the original, so that a pretrained backbone's 224 px or a GAN's 64 px costs nothing per batch."""
-    key = mapped.cache_key("resized", stored.key, side)
-    resized = mapped.load(key, f"{name} at {side} px") if stored.key else None
+    key = mapped.cache_key("resized", stored.key, side) if stored.key else None  # an entry held in memory is resized there
+    resized = mapped.load(key, f"{name} at {side} px") if key else None
     if resized is not None:
         return resized
     from torchvision.transforms.v2.functional import resize  # imported on use: torchvision adds seconds to every start-up
@@ -189,12 +182,7 @@ def _resized(stored: mapped.Stored, name: str, side: int) -> mapped.Stored:
             yield resize(stored.images[i : i + step], [side, side], antialias=True).numpy(), stored.ids[i : i + step]
 
     meta = {k: v for k, v in stored.meta.items() if k not in ("file", "shape", "digest")}
-    try:
-        if stored.key:
-            return mapped.save(key, chunks(), (channels, side, side), n, meta)
-    except WriteFailed as e:
-        LOG.warning(f"could not cache {name} at {side} px, going on without: {e} (or set IMGCLS_CACHE to another folder)")
-    return mapped.in_memory(chunks(), (channels, side, side), meta, most=n)
+    return mapped.cached(key, chunks, (channels, side, side), n, meta, f"{name} at {side} px")
 
 
 def load_named(info: DatasetInfo, root: Path, seed: int, val_fraction: float, image_size: int | None = None) -> Dataset:
