@@ -111,7 +111,7 @@ def test_the_top_losses_are_the_images_most_wrong_each_with_the_label_it_is_most
     index, losses, worst = top_losses(result, k=2)
     assert index.tolist() == [1, 2] and worst.tolist() == [2, 2] and losses[0] > losses[1] > 1.0
     images = torch.randint(0, 256, (4, 3, 24, 24), dtype=torch.uint8)
-    fig = top_losses_figure(images, result, list(LABELS), heatmaps=torch.rand(2, 24, 24), k=2)
+    fig = top_losses_figure(images, result, list(LABELS), (index, losses, worst), heatmaps=torch.rand(2, 24, 24))
     texts = [t.get_text() for t in fig.axes[0].texts]  # the heading, then each cell's title
     assert "where the model looked for the label it is most wrong about" in texts[0]
     assert texts[1:] == [

@@ -80,12 +80,13 @@ def top_losses(result: multilabel.MultiLabelResult, k: int = TOP_LOSSES) -> tupl
 
 
 def top_losses_figure(
-    images: torch.Tensor, result: multilabel.MultiLabelResult, classes: list[str], heatmaps: torch.Tensor | None = None, k: int = TOP_LOSSES
+    images: torch.Tensor, result: multilabel.MultiLabelResult, classes: list[str], top: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    heatmaps: torch.Tensor | None = None,
 ) -> Figure:  # fmt: skip
-    """fastai's plot_top_losses for label sets: the worst test images with their true and predicted sets and loss, and
-    the label each is most wrong about with its probability; with `heatmaps` (one per image, for that label), each is
-    followed by where the model looked for it."""
-    index, losses, worst = top_losses(result, k)
+    """fastai's plot_top_losses for label sets: the worst test images (`top`, from top_losses) with their true and
+    predicted sets and loss, and the label each is most wrong about with its probability; with `heatmaps` (one per
+    image, for that label), each is followed by where the model looked for it."""
+    index, losses, worst = top
     probs, targets = result.logits.float().sigmoid().cpu(), result.targets.cpu()
     truth = multilabel.label_sets(targets[index], classes)
     decided = multilabel.label_sets(result.decisions()[index].cpu(), classes)
@@ -107,26 +108,25 @@ def top_losses_figure(
     )
 
 
-def _heatmaps(predictor, images: torch.Tensor, result: multilabel.MultiLabelResult) -> torch.Tensor | None:
+def _heatmaps(predictor, images: torch.Tensor, index: torch.Tensor, worst: torch.Tensor) -> torch.Tensor | None:
     """Where the model looked in each top-loss image, for the label it is most wrong about; None without a predictor."""
     from imgcls.explain import heatmaps
 
-    if predictor is None or len(images) == 0:
-        return None
-    index, _, worst = top_losses(result)
-    return heatmaps(predictor, images[index], worst.tolist())
+    return heatmaps(predictor, images[index], worst.tolist()) if predictor is not None and len(index) else None
 
 
 def write_report(run_dir: Path, classes: list[str], images: torch.Tensor, result: multilabel.MultiLabelResult, history, config: dict,
                  summary: dict, predictor=None) -> Path:  # fmt: skip
     """A multi-label run's plots and report.html; `predictor` (an imgcls.inference.Predictor of the model) adds where
     the model looked to the top losses."""
+    top = top_losses(result)  # once, for the figure and its heatmaps
+    index, _, worst = top
     figures = {
         "curves.png": lambda: plots.curves_figure(history),
         "per_label_ap.png": lambda: per_label_ap_figure(result, classes),
         "pr_curves.png": lambda: pr_curves_figure(result, classes),
         "samples.png": lambda: samples_figure(images, result, classes),
-        "top_losses.png": lambda: top_losses_figure(images, result, classes, _heatmaps(predictor, images, result)),
+        "top_losses.png": lambda: top_losses_figure(images, result, classes, top, _heatmaps(predictor, images, index, worst)),
     }
     for name, figure in figures.items():
         plots.save(figure(), run_dir / name)
