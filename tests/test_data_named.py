@@ -181,6 +181,8 @@ def test_a_named_dataset_trains_evaluates_and_predicts_at_another_size(capsys, t
     assert "1x16x16" in out and json.loads((tmp_path / "r" / "config.json").read_text())["image_size"] == 16
     code, out, err = run_cli(capsys, "evaluate", "r")
     assert code == 0, err
+    # Seeds 0-3 on an Intel Xeon (AMX): 93.05-93.45% in fp32, 93.05-93.60% in bf16, the digit below right at 0.91-1.00;
+    # 80% leaves room for other CPUs.
     accuracy = json.loads((tmp_path / "r" / "evaluation_test.json").read_text())["accuracy"]
     assert (
         accuracy == pytest.approx(json.loads((tmp_path / "r" / "summary.json").read_text())["test_accuracy"], abs=1e-6) and accuracy > 0.8
